@@ -1,0 +1,66 @@
+"""A small path-based IO manager: Polars frames as parquet, dicts as JSON, under ``paths.storage``.
+
+Hand-written because dagster-polars does not work with polars 2.x. Partitioned generation assets do
+not go through it: they write their own resumable chunk files and return ``MaterializeResult``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class PolarsParquetIOManager(dg.ConfigurableIOManager):
+    """Stores ``pl.DataFrame`` outputs as ``<base_dir>/<asset key>.parquet`` and dicts as ``.json``."""
+
+    base_dir: str
+
+    def _path(self, key: dg.AssetKey, suffix: str) -> Path:
+        return Path(self.base_dir).joinpath(*key.path).with_suffix(suffix)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        key = context.asset_key
+        if isinstance(obj, pl.DataFrame):
+            path = self._path(key, ".parquet")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".parquet.tmp")
+            obj.write_parquet(tmp)
+            os.replace(tmp, path)
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
+        elif isinstance(obj, dict | list):
+            path = self._path(key, ".json")
+            atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})
+        else:
+            raise TypeError(f"{key.to_user_string()}: cannot store a {type(obj).__name__}")
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        key = context.asset_key
+        parquet, js = self._path(key, ".parquet"), self._path(key, ".json")
+        if parquet.exists():
+            return pl.read_parquet(parquet)
+        if js.exists():
+            return json.loads(js.read_text())
+        raise FileNotFoundError(f"{key.to_user_string()} has not been materialized (no {parquet} or {js})")

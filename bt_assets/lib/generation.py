@@ -1,0 +1,183 @@
+"""Sampling completions for whole cells (variant x condition, or sweep cells) into resumable chunks.
+
+A cell is one prompt set under one ablation condition. All pending cells of a run decode together:
+chunk k holds problems [k*chunk_problems, (k+1)*chunk_problems) of every cell, their rows share one
+batch (conditions as per-row scales), and each cell's chunk is written atomically when done. A rerun
+skips chunks already on disk, so a crash or kill loses at most the chunk in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from bt_assets.lib.chunkstore import ChunkStore
+from bt_assets.lib.engine import Request, SamplingConfig, generate
+from bt_assets.lib.hooks import HookState, decoder_layers, scale_table
+
+GENERATION_SCHEMA = {
+    "example_id": pl.Int64, "sample_id": pl.Int64, "variant": pl.String, "condition": pl.String,
+    "cell": pl.String, "prompt_hash": pl.String, "prompt_tokens": pl.Int64, "completion": pl.String,
+    "completion_token_ids": pl.List(pl.Int64), "completion_tokens": pl.Int64, "finish_reason": pl.String,
+    "seed": pl.Int64, "model_id": pl.String, "profile_hash": pl.String, "code_version": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One partition of generations: a prompt set (one variant) under one ablation condition.
+
+    ``scales`` maps (component, layer) to the factor its output is multiplied by at every decode
+    step (decode-only: the prompt prefill is never ablated); empty = the unhooked baseline.
+    """
+
+    key: str
+    variant: str
+    condition: str
+    prompts: pl.DataFrame  # example_id, prompt, prompt_hash, prompt_tokens
+    scales: Mapping[tuple[str, int], float] = field(default_factory=dict)
+
+
+@dataclass
+class CellReport:
+    key: str
+    rows: int = 0
+    new_rows: int = 0
+    chunks_reused: int = 0
+    chunks_written: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    truncated: int = 0
+    path: str = ""
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def encode_prompt(tokenizer, prompt: str, add_bos: bool) -> list[int]:
+    """Token ids the model sees for a prompt (BOS only if the profile asks and the tokenizer has one)."""
+    return list(tokenizer(prompt, add_special_tokens=add_bos)["input_ids"])
+
+
+def cell_fingerprint(cell: Cell, identity: Mapping[str, object], sampling: SamplingConfig,
+                     samples: int, chunk_problems: int) -> str:
+    """Hash of everything that determines a cell's tokens (model identity, sampling, condition, prompts).
+
+    Batch size, code version and unrelated profile keys are deliberately not in it: they do not change
+    the tokens, so changing them must not throw finished generations away.
+    """
+    blob = json.dumps({
+        "model": dict(identity), "sampling": sampling.__dict__, "samples": samples,
+        "chunk_problems": chunk_problems, "condition": cell.condition,
+        "scales": sorted((c, int(layer), float(s)) for (c, layer), s in cell.scales.items()),
+        "prompts": cell.prompts.sort("example_id")["prompt_hash"].to_list(),
+    }, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _chunks(prompts: pl.DataFrame, chunk_problems: int) -> list[pl.DataFrame]:
+    ordered = prompts.sort("example_id")
+    return [ordered.slice(i, chunk_problems) for i in range(0, ordered.height, chunk_problems)]
+
+
+def run_cells(
+    model: torch.nn.Module,
+    tokenizer,
+    cells: Sequence[Cell],
+    *,
+    store_root: Path,
+    sampling: SamplingConfig,
+    samples: int,
+    chunk_problems: int,
+    batch_size: int,
+    eos_ids: Sequence[int],
+    add_bos: bool,
+    identity: Mapping[str, object],
+    provenance: Mapping[str, str],
+    hook_state: HookState | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, CellReport]:
+    """Generate every missing chunk of every cell; return a report per cell (rows, tok/s, truncation)."""
+    n_layers = len(decoder_layers(model))
+    scales = scale_table([c.scales for c in cells], n_layers)
+    stores = [ChunkStore(store_root, c.key, cell_fingerprint(c, identity, sampling, samples, chunk_problems))
+              for c in cells]
+    chunked = [_chunks(c.prompts, chunk_problems) for c in cells]
+    n_chunks = max(len(ch) for ch in chunked)
+    reports = {c.key: CellReport(c.key, path=str(s.directory)) for c, s in zip(cells, stores, strict=True)}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    total_pending = sum(not s.done(k) for s, ch in zip(stores, chunked, strict=True) for k in range(len(ch)))
+    log(f"{len(cells)} cells, {n_chunks} chunks each; {total_pending} cell-chunks to generate")
+    for k in range(n_chunks):
+        pending = [i for i, (s, ch) in enumerate(zip(stores, chunked, strict=True))
+                   if k < len(ch) and not s.done(k)]
+        for i, s in enumerate(stores):
+            if k < len(chunked[i]) and i not in pending:
+                reports[cells[i].key].chunks_reused += 1
+        if not pending:
+            continue
+        requests = [
+            Request(problem_key=int(row["example_id"]), sample_id=s, condition=i,
+                    prompt_ids=tuple(encode_prompt(tokenizer, row["prompt"], add_bos)), tag=(i, row))
+            for i in pending for row in chunked[i][k].iter_rows(named=True) for s in range(samples)
+        ]
+        t0 = time.perf_counter()
+        done = [c for batch in generate(model, requests, scales, sampling, eos_ids=eos_ids, pad_id=pad_id,
+                                        batch_size=batch_size, hook_state_out=hook_state)
+                for c in batch]
+        elapsed = time.perf_counter() - t0
+        by_cell: dict[int, list[dict]] = {i: [] for i in pending}
+        for comp in done:
+            i, row = comp.request.tag
+            by_cell[i].append(_row(cells[i], row, comp, tokenizer, sampling.seed, provenance))
+        new_tokens = sum(len(c.token_ids) + (c.finish_reason == "stop") for c in done)
+        for i in pending:
+            df = pl.DataFrame(by_cell[i], schema=GENERATION_SCHEMA).sort("example_id", "sample_id")
+            stores[i].write(k, df)
+            rep = reports[cells[i].key]
+            rep.chunks_written += 1
+            rep.new_rows += df.height
+            share = df.height / max(len(done), 1)
+            rep.new_tokens += int(df["completion_tokens"].sum())
+            rep.seconds += elapsed * share
+        log(f"chunk {k + 1}/{n_chunks}: {len(done)} completions, {new_tokens} tokens in {elapsed:.1f}s "
+            f"({new_tokens / max(elapsed, 1e-9):.0f} tok/s)")
+    for c, s, ch in zip(cells, stores, chunked, strict=True):
+        s.finalize(len(ch), {"cell": c.key, **provenance})
+        rep = reports[c.key]
+        df = s.read_all(len(ch))
+        rep.rows = df.height
+        rep.truncated = int((df["finish_reason"] == "length").sum())
+    return reports
+
+
+def _row(cell: Cell, prompt_row: dict, comp, tokenizer, seed: int, provenance: Mapping[str, str]) -> dict:
+    return {
+        "example_id": int(prompt_row["example_id"]), "sample_id": comp.request.sample_id,
+        "variant": cell.variant, "condition": cell.condition, "cell": cell.key,
+        "prompt_hash": prompt_row["prompt_hash"], "prompt_tokens": len(comp.request.prompt_ids),
+        "completion": tokenizer.decode(comp.token_ids, skip_special_tokens=True),
+        "completion_token_ids": list(comp.token_ids),
+        "completion_tokens": len(comp.token_ids) + (comp.finish_reason == "stop"),
+        "finish_reason": comp.finish_reason, "seed": seed,
+        "model_id": str(provenance.get("model_id", "")), "profile_hash": str(provenance.get("profile_hash", "")),
+        "code_version": str(provenance.get("code_version", "")),
+    }
+
+
+def read_cell(store_root: Path, cell: Cell, identity: Mapping[str, object], sampling: SamplingConfig,
+              samples: int, chunk_problems: int) -> pl.DataFrame:
+    """Read a finished cell; raises if any chunk is missing or the manifest does not verify."""
+    store = ChunkStore(store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems))
+    problems = store.verify()
+    if problems:
+        raise RuntimeError(f"cell {cell.key} is incomplete or corrupt: {problems}")
+    return store.read_all(len(_chunks(cell.prompts, chunk_problems)))

@@ -1,0 +1,139 @@
+"""Teacher-forced measurements at the backtracking onset: logit lens, ablation scan, continuation.
+
+Every event is a token sequence (prompt + completion, as re-tokenised for detection) with a prediction
+position ``pred_pos`` whose logits predict the onset token ``target`` (e.g. " Wait"). Ablating a
+component at ``pred_pos`` cannot change anything before it (causal attention), so the scan and the
+continuation run the prefix ``[0, pred_pos)`` ONCE, copy its KV cache to R rows, and score one
+position for all R variants at once (row r carries its own scale table row). The result equals one
+full-sequence forward per variant (see ``scan_bruteforce`` and its test).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
+
+
+@dataclass(frozen=True)
+class Event:
+    """One teacher-forced probe: ``ids[pred_pos]`` is fed, ``target`` is the token it should predict."""
+
+    key: str
+    ids: tuple[int, ...]
+    pred_pos: int
+    target: int
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def logit_lens(model: torch.nn.Module, events: Sequence[Event], batch_size: int = 8) -> torch.Tensor:
+    """Per event and layer l: the target token's (logit, log-prob) read from the residual stream after
+    layer l through the final norm and the unembedding. Returns (E, L, 2) float32.
+
+    HF's last hidden state is already normalised, so it goes straight to the unembedding (B9 fixed).
+    """
+    n_layers = len(decoder_layers(model))
+    norm, head = model.model.norm, model.get_output_embeddings()
+    out = torch.empty(len(events), n_layers, 2)
+    dev = _device(model)
+    for start in range(0, len(events), batch_size):
+        chunk = events[start:start + batch_size]
+        width = max(e.pred_pos + 1 for e in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(chunk):  # right padding: positions <= pred_pos never see the pads
+            ids[i, : e.pred_pos + 1] = torch.tensor(e.ids[: e.pred_pos + 1])
+            mask[i, : e.pred_pos + 1] = 1
+        hs = model(ids.to(dev), attention_mask=mask.to(dev), output_hidden_states=True).hidden_states
+        rows = torch.arange(len(chunk), device=dev)
+        pos = torch.tensor([e.pred_pos for e in chunk], device=dev)
+        tgt = torch.tensor([e.target for e in chunk], device=dev)
+        for layer in range(n_layers):
+            h = hs[layer + 1][rows, pos]  # (B, d)
+            if layer < n_layers - 1:
+                h = norm(h)
+            logits = head(h).float()
+            out[start:start + len(chunk), layer, 0] = logits[rows, tgt].cpu()
+            out[start:start + len(chunk), layer, 1] = torch.log_softmax(logits, -1)[rows, tgt].cpu()
+    return out
+
+
+def single_component_table(n_layers: int, components: Sequence[str], layers: Sequence[int],
+                           scale: float) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """Scale table (1 + V, L, 2): row 0 clean, row v one (component, layer) scaled; and the variant list."""
+    variants = [(c, layer) for layer in layers for c in components]
+    table = torch.ones(1 + len(variants), n_layers, len(COMPONENTS))
+    for v, (c, layer) in enumerate(variants, start=1):
+        table[v, layer, COMPONENTS.index(c)] = scale
+    return table, variants
+
+
+@torch.inference_mode()
+def score_at_onset(model: torch.nn.Module, event: Event, table: torch.Tensor,
+                   state: HookState | None = None) -> torch.Tensor:
+    """Logits at ``pred_pos`` for every row of ``table`` (R, L, 2), ablating at ``pred_pos`` only.
+
+    One prefix forward over ``ids[:pred_pos]`` (no hooks active: nothing before pred_pos is ablated),
+    then one step with R rows sharing that KV cache. Returns (R, V) float32 logits.
+    """
+    dev = _device(model)
+    rows = table.shape[0]
+    state = state or HookState(scales=table.to(dev), row_condition=torch.arange(rows, device=dev),
+                               phase="teacher", decode_only=False, positions=None)
+    state.scales, state.row_condition = table.to(dev), torch.arange(rows, device=dev)
+    state.phase, state.decode_only, state.positions = "teacher", False, None
+    ids = torch.tensor(event.ids[: event.pred_pos + 1], device=dev).unsqueeze(0)
+    cache = None
+    if event.pred_pos > 0:
+        cache = model(ids[:, :-1], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(rows)
+    last = ids[:, -1:].expand(rows, 1)
+    pos = torch.full((rows, 1), event.pred_pos, device=dev)
+    with ablation_hooks(model, state):
+        logits = model(last, past_key_values=cache, position_ids=pos, use_cache=cache is not None).logits
+    return logits[:, -1].float()
+
+
+@torch.inference_mode()
+def scan_bruteforce(model: torch.nn.Module, event: Event, table: torch.Tensor) -> torch.Tensor:
+    """Reference for ``score_at_onset``: one full forward over ``ids[:pred_pos+1]`` per table row."""
+    dev = _device(model)
+    ids = torch.tensor(event.ids[: event.pred_pos + 1], device=dev).unsqueeze(0)
+    out = []
+    for r in range(table.shape[0]):
+        state = HookState(scales=table[r:r + 1].to(dev), row_condition=torch.zeros(1, dtype=torch.long,
+                          device=dev), phase="teacher", decode_only=False,
+                          positions=torch.tensor([event.pred_pos], device=dev))
+        with ablation_hooks(model, state):
+            out.append(model(ids).logits[0, -1].float())
+    return torch.stack(out)
+
+
+def target_stats(logits: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logit, log-prob, prob) of ``target`` for every row of (R, V) logits."""
+    logp = torch.log_softmax(logits, -1)[:, target]
+    return logits[:, target], logp, logp.exp()
+
+
+def encode_full(tokenizer, prompt: str, completion: str, add_bos: bool) -> tuple[int, ...]:
+    """Token ids of prompt + completion as re-tokenised for detection (positions index into these)."""
+    return tuple(tokenizer(prompt + completion, add_special_tokens=add_bos)["input_ids"])
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
+    """(mean, sample std, 95% interval low, high) by the normal approximation; nan when empty."""
+    t = torch.tensor(list(values), dtype=torch.float64)
+    n = t.numel()
+    if n == 0:
+        return (float("nan"),) * 4
+    mean = t.mean().item()
+    std = t.std(unbiased=True).item() if n > 1 else 0.0
+    half = 1.96 * std / n ** 0.5
+    return mean, std, mean - half, mean + half

@@ -1,0 +1,32 @@
+"""Partition definitions built from the profile: one flat static key per generation cell.
+
+Flat composite keys (``variant=a,condition=b``) rather than MultiPartitions: a single-run backfill of
+flat keys is one run with one model load; MultiPartitions split it per first-dimension value.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from bt_assets.config import Profile
+
+
+def cell_key(**parts: object) -> str:
+    return ",".join(f"{k}={v}" for k, v in parts.items())
+
+
+def parse_cell_key(key: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in key.split(","))
+
+
+def phase1_keys(profile: Profile) -> list[str]:
+    return [cell_key(variant=v, condition="baseline") for v in profile.variant_names]
+
+
+def ablation_keys(profile: Profile) -> list[str]:
+    return [cell_key(variant=profile.ablation_variant, condition=c)
+            for c in profile.phase1.conditions if c != "baseline"]
+
+
+def phase1_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition(phase1_keys(profile))
