@@ -30,3 +30,17 @@ def ablation_keys(profile: Profile) -> list[str]:
 
 def phase1_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(phase1_keys(profile))
+
+
+def sweep_cell_list(profile: Profile):
+    from bt_assets.lib.sweeps import sweep_cells
+
+    p2 = profile.phase2
+    scale_subset = p2.scale_sweep.subset if p2.scale_sweep else None
+    scales = p2.scale_sweep.scales if p2.scale_sweep else []
+    scale = 0.0 if profile.ablation.mode == "zero" else profile.ablation.scale
+    return sweep_cells([s.name for s in p2.subsets], scale, scale_subset, scales)
+
+
+def sweep_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition([c.key for c in sweep_cell_list(profile)])

@@ -10,6 +10,7 @@ from bt_assets.config import Profile, resolve_path
 from bt_assets.lib import metrics as M
 from bt_assets.lib.events import events_from_generations, imported_events
 from bt_assets.lib.generation import read_cell
+from bt_assets.lib.rates import bt_accuracy_summary
 from bt_assets.assets.phase1 import ablation_cells
 from bt_assets.partitions import ablation_keys, phase1_keys
 from bt_assets.resources import HookedModel
@@ -131,6 +132,8 @@ def build(profile: Profile) -> list:
         """Baseline-only metrics with one accuracy denominator, Wilson and problem-bootstrap intervals."""
         view = analysis_view(phase1_events, det.mode, grd)
         out = M.corrected_metrics(view, variants, conditions, regraded=imported, seed=profile.run.seed)
+        base = view.filter(pl.col("condition") == "baseline")
+        out["figure_rows"] = bt_accuracy_summary(base, profile.run.seed)
         out["modes"] = {"detection": det.mode if not imported else "seed_compatible (import)",
                         "grading": grd if not imported else "corrected regrade of stored predictions"}
         context.add_output_metadata(provenance_metadata(profile, summary=dg.MetadataValue.json(out)))

@@ -29,7 +29,7 @@ def generate_cells(context: dg.AssetExecutionContext, profile: Profile, model: H
     )
     for key, rep in reports.items():
         context.add_asset_metadata({
-            "rows": rep.rows, "new_rows": rep.new_rows, "chunks_reused": rep.chunks_reused,
+            "profile_hash": profile.config_hash(), "rows": rep.rows, "new_rows": rep.new_rows, "chunks_reused": rep.chunks_reused,
             "chunks_written": rep.chunks_written, "tokens_per_s": round(rep.tokens_per_s, 1),
             "share_truncated": round(rep.truncated / rep.rows, 4) if rep.rows else 0.0,
             "path": dg.MetadataValue.path(rep.path),

