@@ -131,7 +131,8 @@ def build(profile: Profile) -> list:
     def metrics_corrected(context: dg.AssetExecutionContext, phase1_events: pl.DataFrame) -> dict:
         """Baseline-only metrics with one accuracy denominator, Wilson and problem-bootstrap intervals."""
         view = analysis_view(phase1_events, det.mode, grd)
-        out = M.corrected_metrics(view, variants, conditions, regraded=imported, seed=profile.run.seed)
+        out = M.corrected_metrics(view, variants, conditions, regraded=imported, seed=profile.run.seed,
+                                  original=phase1_events.select(M.EVENT_COLUMNS))
         base = view.filter(pl.col("condition") == "baseline")
         out["figure_rows"] = bt_accuracy_summary(base, profile.run.seed)
         out["modes"] = {"detection": det.mode if not imported else "seed_compatible (import)",

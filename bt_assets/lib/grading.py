@@ -75,23 +75,23 @@ _NUMBER = re.compile(
 _FINAL = re.compile(r"\bfinal(?:[ \t]+answer)?[ \t*_]*[:：]", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\banswer(?:[ \t]+is|[ \t]*[:=])[ \t*_]*", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.IGNORECASE | re.DOTALL)
 _FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]*?)\s*\}\s*\{\s*([^{}]*?)\s*\}")
 _TEXT = re.compile(r"\\(?:text|mathrm|textbf|mbox)\s*\{([^{}]*)\}")
 _PLACEHOLDERS = {"", "answer", "youranswer", "theanswer", "finalanswer", "...", "…", "x", "n"}
+_NEXT_LINE = re.compile(r"\S[^\n]*")
+_MAX_LINE = 1000  # an answer line longer than this is cut (keeps adversarial inputs linear)
 _MAX_DIGITS = 4000  # below Python's int<->str limit (4300 digits); larger values stay symbolic strings
 
 
 def _line_after(text: str, pos: int) -> str:
     """Rest of the line from ``pos``; if it is blank (``Final:\\n42``), the next non-blank line."""
-    end = text.find("\n", pos)
-    line = text[pos:] if end < 0 else text[pos:end]
+    end = text.find("\n", pos, pos + _MAX_LINE)
+    line = text[pos:pos + _MAX_LINE] if end < 0 else text[pos:end]
     if line.strip(" \t*_") or end < 0:
         return line
-    for nxt in text[end + 1:].split("\n"):
-        if nxt.strip():
-            return nxt
-    return line
+    m = _NEXT_LINE.search(text, end + 1)
+    return m.group(0)[:_MAX_LINE] if m else line
 
 
 def _is_placeholder(content: str) -> bool:
@@ -100,15 +100,16 @@ def _is_placeholder(content: str) -> bool:
 
 def _boxed(text: str) -> list[tuple[int, str]]:
     """(start, content) of every ``\\boxed{...}`` with balanced braces; unclosed ones are skipped."""
-    out = []
-    for m in _BOXED.finditer(text):
-        depth, i = 1, m.end()
-        while i < len(text) and depth:
-            depth += {"{": 1, "}": -1}.get(text[i], 0)
-            i += 1
-        if depth == 0:
-            out.append((m.start(), text[m.end():i - 1]))
-    return out
+    starts = list(_BOXED.finditer(text))
+    if not starts:
+        return []
+    closing, stack = {}, []
+    for i, ch in enumerate(text):  # one pass: the matching "}" of every "{"
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
+    return [(m.start(), text[m.end():closing[m.end() - 1]]) for m in starts if m.end() - 1 in closing]
 
 
 def _resolve(content: str) -> str | None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
-from bt_assets.lib.stats import wilson
+from bt_assets.lib.stats import accuracy_difference, accuracy_lift, cluster_bootstrap, wilson
 
 RATE_SCHEMA = {"n": pl.Int64, "bt_count": pl.Int64, "bt_rate": pl.Float64, "bt_lo": pl.Float64,
                "bt_hi": pl.Float64, "correct": pl.Int64, "accuracy": pl.Float64, "acc_lo": pl.Float64,
@@ -33,29 +32,6 @@ def group_rates(view: pl.DataFrame, by: str, order: Sequence[str] | None = None)
     return pl.DataFrame(rows, schema={by: pl.String, **RATE_SCHEMA})
 
 
-def lift_bootstrap(problem: np.ndarray, bt: np.ndarray, ok: np.ndarray, n_boot: int = 2000, seed: int = 0
-                   ) -> tuple[float, float, float, float]:
-    """Accuracy with BT / without BT (pooled over rows) and the difference, with 95% intervals from a
-    bootstrap that resamples problems. Returns (lift_lo, lift_hi, diff_lo, diff_hi)."""
-    if problem.size == 0:
-        return (float("nan"),) * 4
-    ids, inv = np.unique(problem, return_inverse=True)
-    m = ids.size
-    n_bt = np.bincount(inv, weights=bt, minlength=m)
-    ok_bt = np.bincount(inv, weights=bt * ok, minlength=m)
-    n_nb = np.bincount(inv, weights=1 - bt, minlength=m)
-    ok_nb = np.bincount(inv, weights=(1 - bt) * ok, minlength=m)
-    draws = np.random.default_rng(seed).integers(0, m, size=(n_boot, m))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        acc_bt = ok_bt[draws].sum(1) / n_bt[draws].sum(1)
-        acc_nb = ok_nb[draws].sum(1) / n_nb[draws].sum(1)
-        lift, diff = acc_bt / acc_nb, acc_bt - acc_nb
-    lift, diff = lift[np.isfinite(lift)], diff[np.isfinite(diff)]
-    lo_l, hi_l = np.percentile(lift, [2.5, 97.5]) if lift.size else (np.nan, np.nan)
-    lo_d, hi_d = np.percentile(diff, [2.5, 97.5]) if diff.size else (np.nan, np.nan)
-    return float(lo_l), float(hi_l), float(lo_d), float(hi_d)
-
-
 def bt_accuracy_summary(view: pl.DataFrame, seed: int) -> dict:
     """Accuracy with vs without backtracking over ``view`` (baseline rows), the lift and difference with
     problem-bootstrap intervals; rows ready for the figures and the report."""
@@ -65,9 +41,11 @@ def bt_accuracy_summary(view: pl.DataFrame, seed: int) -> dict:
     acc = dict(zip(rows["group"], rows["accuracy"], strict=True))
     a_bt, a_nb = acc["with backtracking"], acc["without backtracking"]
     lift = a_bt / a_nb if a_nb and a_nb == a_nb and a_bt == a_bt else None
-    lo_l, hi_l, lo_d, hi_d = lift_bootstrap(
-        view["example_id"].to_numpy(), view["has_backtracking_strict"].cast(pl.Float64).to_numpy(),
-        view["is_correct"].fill_null(False).cast(pl.Float64).to_numpy(), seed=seed)
+    arrays = [view["has_backtracking_strict"].cast(pl.Boolean).to_numpy(),
+              view["is_correct"].fill_null(False).cast(pl.Float64).to_numpy()]
+    problems = view["example_id"].to_numpy()
+    lo_l, hi_l = cluster_bootstrap(problems, arrays, accuracy_lift, seed=seed)
+    lo_d, hi_d = cluster_bootstrap(problems, arrays, accuracy_difference, seed=seed)
     total = group_rates(view.with_columns(pl.lit("all").alias("all")), "all", ["all"]).row(0, named=True)
     summary = {"n": total["n"], "bt_rate": total["bt_rate"], "bt_lo": total["bt_lo"], "bt_hi": total["bt_hi"],
                "accuracy": total["accuracy"], "acc_lo": total["acc_lo"], "acc_hi": total["acc_hi"],
@@ -75,5 +53,5 @@ def bt_accuracy_summary(view: pl.DataFrame, seed: int) -> dict:
                "acc_without_bt": a_nb, "acc_without_lo": rows["acc_lo"][1], "acc_without_hi": rows["acc_hi"][1],
                "lift": lift, "lift_lo": lo_l, "lift_hi": hi_l,
                "difference": a_bt - a_nb, "difference_lo": lo_d, "difference_hi": hi_d}
-    return {"accuracy_by_bt": rows.rename({"group": "group"}).to_dicts(), "lift": lift,
+    return {"accuracy_by_bt": rows.to_dicts(), "lift": lift,
             "lift_ci": (lo_l, hi_l), "summary": summary}

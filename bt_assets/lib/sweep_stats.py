@@ -14,23 +14,16 @@ import numpy as np
 import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
-from bt_assets.lib.stats import wilson
+from bt_assets.lib.stats import cluster_bootstrap, wilson
 from bt_assets.lib.sweeps import SweepCell
 
 
-def paired_bootstrap(problem: np.ndarray, diff: np.ndarray, n_boot: int = 2000, seed: int = 0
-                     ) -> tuple[float, float, float]:
-    """Mean of per-pair differences and its 95% percentile interval, resampling problems (clusters)."""
+def paired_change(problem: np.ndarray, diff: np.ndarray, seed: int) -> tuple[float, float, float]:
+    """Mean per-pair difference and its 95% interval, resampling problems (clusters)."""
     if diff.size == 0:
         return float("nan"), float("nan"), float("nan")
-    ids, inv = np.unique(problem, return_inverse=True)
-    sums = np.bincount(inv, weights=diff, minlength=ids.size)
-    counts = np.bincount(inv, minlength=ids.size)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, ids.size, size=(n_boot, ids.size))
-    boot = sums[draws].sum(1) / counts[draws].sum(1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return float(diff.mean()), float(lo), float(hi)
+    lo, hi = cluster_bootstrap(problem, [diff], np.mean, seed=seed)
+    return float(diff.mean()), lo, hi
 
 
 def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: int) -> dict:
@@ -47,7 +40,7 @@ def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: i
     prob = pairs["example_id"].to_numpy()
     for name, col in (("bt", bt), ("acc", ok)):
         d = (pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_base"].fill_null(False).cast(pl.Int8))
-        mean, lo, hi = paired_bootstrap(prob, d.to_numpy().astype(float), seed=seed)
+        mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed)
         out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = mean, lo, hi
     out["n_pairs"] = pairs.height
     return out
