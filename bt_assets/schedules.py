@@ -1,6 +1,5 @@
 """Jobs (one per phase) and the nightly sweep schedule that fills missing or stale sweep cells."""
 
-from __future__ import annotations
 
 import json
 

@@ -38,6 +38,7 @@ def run(tmp_path_factory, tiny_dirs):
     m = profile.model
     model = BiasedModel(model_id=m.id, dtype="float32", device="cpu")
     defs = build_definitions(profile, model=model)
+    (tmp / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
         ok = materialize_all(defs, instance)
         yield profile, defs, instance, ok

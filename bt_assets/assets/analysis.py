@@ -1,6 +1,5 @@
 """Phase 1 analysis: event sample, logit lens, ablation scan, selected and random layers."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

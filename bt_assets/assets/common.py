@@ -1,6 +1,5 @@
 """Glue shared by the asset modules: profile-derived settings and provenance metadata."""
 
-from __future__ import annotations
 
 from typing import Any
 

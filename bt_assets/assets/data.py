@@ -1,6 +1,5 @@
 """Data stage: the problem set and the exact prompt text per (variant, problem)."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

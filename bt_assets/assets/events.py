@@ -1,6 +1,5 @@
 """Events and metrics: detection + grading per completion, the original's tables, corrected metrics."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

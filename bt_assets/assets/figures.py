@@ -1,7 +1,6 @@
 """Figures: one asset per PNG, depending on exactly the data assets it draws; each carries the file
 path and an inline preview in its metadata, so the UI shows the picture beside its lineage."""
 
-from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path

@@ -1,6 +1,5 @@
 """Phase 1 generations: sampled completions per (variant, condition) cell, resumable chunks on disk."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

@@ -1,7 +1,6 @@
 """Phase 2: decode-only subset and scale sweeps (partitioned), sweep tables, hook statistics,
 continuation ablation at the onset position."""
 
-from __future__ import annotations
 
 import dagster as dg
 import polars as pl

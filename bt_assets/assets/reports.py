@@ -1,6 +1,5 @@
 """Reports: markdown under ``paths.reports`` with provenance, computed tables, figures and findings."""
 
-from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
@@ -11,7 +10,7 @@ import polars as pl
 from bt_assets.assets.common import provenance, provenance_metadata
 from bt_assets.assets.events import analysis_view
 from bt_assets.config import Profile
-from bt_assets.io import atomic_write_bytes
+from bt_assets.lib.chunkstore import atomic_write_bytes
 from bt_assets.lib import report as R
 from bt_assets.lib.provenance import hardware, software
 from bt_assets.lib.rates import group_rates

@@ -61,6 +61,11 @@ def _os_error(e: OSError, path: Path, action: str) -> OSError:
     return OSError(e.errno, f"{action} failed: {e.strerror or e}; hint: {hint}", str(path))
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); clear errors on failure."""
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write via a same-directory temp file + fsync + os.replace; OSErrors re-raised with path and hint."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from bt_assets.lib.chunkstore import ChunkStore
+from bt_assets.lib.chunkstore import ChunkStore, atomic_write_bytes
 from bt_assets.lib.engine import Request, SamplingConfig, generate
 from bt_assets.lib.hooks import HookState, decoder_layers, scale_table
 
@@ -129,6 +130,7 @@ def run_cells(
                     prompt_ids=tuple(encode_prompt(tokenizer, row["prompt"], add_bos)), tag=(i, row))
             for i in pending for row in chunked[i][k].iter_rows(named=True) for s in range(samples)
         ]
+        before = Counter(hook_state.cell_counts) if hook_state is not None else Counter()
         t0 = time.perf_counter()
         done = [c for batch in generate(model, requests, scales, sampling, eos_ids=eos_ids, pad_id=pad_id,
                                         batch_size=batch_size, hook_state_out=hook_state)
@@ -142,6 +144,8 @@ def run_cells(
         for i in pending:
             df = pl.DataFrame(by_cell[i], schema=GENERATION_SCHEMA).sort("example_id", "sample_id")
             stores[i].write(k, df)
+            if hook_state is not None:
+                _write_hook_counts(stores[i], k, i, hook_state.cell_counts - before)
             rep = reports[cells[i].key]
             rep.chunks_written += 1
             rep.new_rows += df.height
@@ -181,3 +185,34 @@ def read_cell(store_root: Path, cell: Cell, identity: Mapping[str, object], samp
     if problems:
         raise RuntimeError(f"cell {cell.key} is incomplete or corrupt: {problems}")
     return store.read_all(len(_chunks(cell.prompts, chunk_problems)))
+
+
+HOOK_COUNT_SCHEMA = {"cell": pl.String, "phase": pl.String, "component": pl.String, "layer": pl.Int64,
+                     "calls": pl.Int64, "applied": pl.Int64}
+
+
+def _write_hook_counts(store: ChunkStore, index: int, condition: int, delta: Counter) -> None:
+    """Hook calls of one chunk for one cell, beside the chunk (summed over chunks = the whole cell)."""
+    rows: dict[tuple, dict] = {}
+    for (cond, phase, comp, layer, kind), n in delta.items():
+        if cond == condition:
+            row = rows.setdefault((phase, comp, layer), {"phase": phase, "component": comp, "layer": layer,
+                                                         "calls": 0, "applied": 0})
+            row[kind] += n
+    path = store.directory / f"chunk-{index:05d}.hooks.json"
+    atomic_write_bytes(path, json.dumps(sorted(rows.values(), key=lambda r: (r["phase"], r["component"],
+                                                                           r["layer"]))).encode())
+
+
+def read_hook_counts(store_root: Path, cells: Sequence[Cell], identity: Mapping[str, object],
+                     sampling: SamplingConfig, samples: int, chunk_problems: int) -> pl.DataFrame:
+    """Hook calls per (cell, phase, component, layer) over every chunk of each cell."""
+    rows = []
+    for cell in cells:
+        store = ChunkStore(store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems))
+        for path in sorted(store.directory.glob("chunk-*.hooks.json")):
+            rows += [{"cell": cell.key, **r} for r in json.loads(path.read_text())]
+    if not rows:
+        return pl.DataFrame(schema=HOOK_COUNT_SCHEMA)
+    return (pl.DataFrame(rows, schema=HOOK_COUNT_SCHEMA).group_by("cell", "phase", "component", "layer")
+            .agg(pl.col("calls").sum(), pl.col("applied").sum()).sort("cell", "phase", "component", "layer"))
