@@ -15,7 +15,7 @@ import polars as pl
 
 from bt_assets.lib.detect import detect, onset_fields
 from bt_assets.lib.grading import grade
-from bt_assets.lib.metrics import EVENT_COLUMNS
+from bt_assets.lib.metrics import EVENT_COLUMNS, EVENT_SCHEMA
 
 ONSET_FIELDS = ["onset_token_in_completion", "onset_token_in_full", "onset_token_id", "onset_token_text",
                 "pred_pos_in_full"]
@@ -24,6 +24,8 @@ CORRECTED_COLUMNS = ["has_backtracking_strict_corrected", "has_backtracking_rela
                      *[f"{c}_corrected" for c in ONSET_FIELDS],
                      "predicted_answer_corrected", "is_correct_corrected"]
 EXTRA_COLUMNS = ["finish_reason", "prompt_hash", "cell", "completion"]
+SCHEMA = {**EVENT_SCHEMA, **{c: EVENT_SCHEMA[c.removesuffix("_corrected")] for c in CORRECTED_COLUMNS},
+          **{c: pl.String for c in EXTRA_COLUMNS}}
 
 
 def bt_column(mode: str) -> str:
@@ -62,15 +64,7 @@ def events_from_generations(gens: pl.DataFrame, prompts: pl.DataFrame, golds: di
                 "finish_reason": g["finish_reason"], "prompt_hash": g["prompt_hash"], "cell": g["cell"],
                 "completion": text}
         rows.append(row)
-    if not rows:
-        return empty_events()
-    df = pl.DataFrame(rows, infer_schema_length=None)
-    return df.select(EVENT_COLUMNS + CORRECTED_COLUMNS + EXTRA_COLUMNS)
-
-
-def empty_events() -> pl.DataFrame:
-    schema = {c: pl.String for c in EVENT_COLUMNS + CORRECTED_COLUMNS + EXTRA_COLUMNS}
-    return pl.DataFrame(schema=schema)
+    return pl.DataFrame(rows, schema=SCHEMA)
 
 
 def imported_events(original: pl.DataFrame, golds: dict[int, str]) -> pl.DataFrame:
@@ -80,7 +74,7 @@ def imported_events(original: pl.DataFrame, golds: dict[int, str]) -> pl.DataFra
     regraded = [grade(p, golds.get(e), "corrected") if p is not None else None
                 for p, e in zip(preds, original["example_id"].to_list(), strict=True)]
     return original.with_columns(
-        *[pl.lit(None).alias(c) for c in CORRECTED_COLUMNS[:-2]],
+        *[pl.lit(None, SCHEMA[c]).alias(c) for c in CORRECTED_COLUMNS[:-2]],
         pl.Series("predicted_answer_corrected", [g.prediction if g else None for g in regraded], pl.String),
         pl.Series("is_correct_corrected", [g.correct if g else None for g in regraded], pl.Boolean),
         pl.lit(None, pl.String).alias("finish_reason"), pl.lit(None, pl.String).alias("prompt_hash"),
