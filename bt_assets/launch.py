@@ -80,8 +80,10 @@ def main() -> int:
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         ok = materialize_all(defs, instance)
-    print(f"[bt] profile {profile.profile_name} ({profile.config_hash()}): "
-          f"{'done' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s")
+    print(
+        f"[bt] profile {profile.profile_name} ({profile.config_hash()}): "
+        f"{'done' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s"
+    )
     for kind in ("storage", "figures", "reports"):
         print(f"[bt]   {kind:8s} {profile.path(kind)}")
     return 0 if ok else 1

@@ -24,8 +24,11 @@ def phase1_keys(profile: Profile) -> list[str]:
 
 
 def ablation_keys(profile: Profile) -> list[str]:
-    return [cell_key(variant=profile.ablation_variant, condition=c)
-            for c in profile.phase1.conditions if c != "baseline"]
+    return [
+        cell_key(variant=profile.ablation_variant, condition=c)
+        for c in profile.phase1.conditions
+        if c != "baseline"
+    ]
 
 
 def phase1_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:

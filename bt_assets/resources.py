@@ -31,8 +31,9 @@ class HookedModel(dg.ConfigurableResource):
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec(self.model_id, self.gguf_file, self.dtype, self.device,
-                         self.attn_implementation, self.revision)
+        return ModelSpec(
+            self.model_id, self.gguf_file, self.dtype, self.device, self.attn_implementation, self.revision
+        )
 
     @property
     def tokenizer(self):

@@ -1,6 +1,5 @@
 """Jobs (one per phase) and the nightly sweep schedule that fills missing or stale sweep cells."""
 
-
 import json
 
 import dagster as dg
@@ -15,15 +14,25 @@ PHASE2_GROUPS = ["phase2", "phase2_figures", "phase2_report"]
 
 def jobs(profile: Profile) -> list:
     return [
-        dg.define_asset_job("phase1_job", selection=dg.AssetSelection.groups(*PHASE1_GROUPS),
-                            executor_def=dg.in_process_executor,
-                            description="Phase 1: generations, events, metrics, analysis, figures, report"),
-        dg.define_asset_job("phase2_job", selection=dg.AssetSelection.groups(*PHASE2_GROUPS),
-                            executor_def=dg.in_process_executor,
-                            description="Phase 2: sweeps, continuation ablation, hook stats, figures, report"),
-        dg.define_asset_job("sweep_job", selection=dg.AssetSelection.assets("sweep_generations"),
-                            partitions_def=sweep_partitions(profile), executor_def=dg.in_process_executor,
-                            description="the sweep cells only: select cells and launch one run"),
+        dg.define_asset_job(
+            "phase1_job",
+            selection=dg.AssetSelection.groups(*PHASE1_GROUPS),
+            executor_def=dg.in_process_executor,
+            description="Phase 1: generations, events, metrics, analysis, figures, report",
+        ),
+        dg.define_asset_job(
+            "phase2_job",
+            selection=dg.AssetSelection.groups(*PHASE2_GROUPS),
+            executor_def=dg.in_process_executor,
+            description="Phase 2: sweeps, continuation ablation, hook stats, figures, report",
+        ),
+        dg.define_asset_job(
+            "sweep_job",
+            selection=dg.AssetSelection.assets("sweep_generations"),
+            partitions_def=sweep_partitions(profile),
+            executor_def=dg.in_process_executor,
+            description="the sweep cells only: select cells and launch one run",
+        ),
     ]
 
 
@@ -37,11 +46,19 @@ def sweep_schedule(profile: Profile) -> dg.ScheduleDefinition:
     cell; cells in between that are complete reuse their chunks and cost nothing."""
     keys = sweep_partitions(profile).get_partition_keys()
     key = dg.AssetKey("sweep_generations")
-    status = dg.DefaultScheduleStatus.RUNNING if profile.phase2.schedule_enabled else dg.DefaultScheduleStatus.STOPPED
+    status = (
+        dg.DefaultScheduleStatus.RUNNING
+        if profile.phase2.schedule_enabled
+        else dg.DefaultScheduleStatus.STOPPED
+    )
 
-    @dg.schedule(name="sweep_fill_schedule", job_name="sweep_job", cron_schedule=profile.phase2.schedule_cron
-                 or "0 2 * * *", default_status=status,
-                 description="nightly: one run for the sweep cells that are missing or stale")
+    @dg.schedule(
+        name="sweep_fill_schedule",
+        job_name="sweep_job",
+        cron_schedule=profile.phase2.schedule_cron or "0 2 * * *",
+        default_status=status,
+        description="nightly: one run for the sweep cells that are missing or stale",
+    )
     def _schedule(context: dg.ScheduleEvaluationContext):
         instance = context.instance
         materialized = set(instance.get_materialized_partitions(key))
@@ -57,8 +74,14 @@ def sweep_schedule(profile: Profile) -> dg.ScheduleDefinition:
         if not todo:
             return dg.SkipReason("every sweep cell is materialized under the current profile")
         idx = sorted(keys.index(k) for k in todo)
-        return dg.RunRequest(run_key=f"sweep-{want}-{'-'.join(map(str, idx))}", tags={
-            ASSET_PARTITION_RANGE_START_TAG: keys[idx[0]], ASSET_PARTITION_RANGE_END_TAG: keys[idx[-1]],
-            "bt/missing_cells": json.dumps(todo), "bt/profile_hash": want})
+        return dg.RunRequest(
+            run_key=f"sweep-{want}-{'-'.join(map(str, idx))}",
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: keys[idx[0]],
+                ASSET_PARTITION_RANGE_END_TAG: keys[idx[-1]],
+                "bt/missing_cells": json.dumps(todo),
+                "bt/profile_hash": want,
+            },
+        )
 
     return _schedule

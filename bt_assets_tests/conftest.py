@@ -32,9 +32,19 @@ def tiny_config(arch: str):
     from transformers import LlamaConfig, Qwen2Config
 
     cls = Qwen2Config if arch == "qwen2" else LlamaConfig
-    return cls(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-               bos_token_id=1, eos_token_id=EOS_ID, pad_token_id=EOS_ID, tie_word_embeddings=False)
+    return cls(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+        tie_word_embeddings=False,
+    )
 
 
 def tiny_model(arch: str = "qwen2", seed: int = 0) -> torch.nn.Module:
@@ -60,7 +70,10 @@ def write_profile(tmp_path: Path, model_dir: Path, extra: str = "") -> Path:
     """A small profile over a tiny model; outputs under tmp_path."""
     text = f"""extends: demo
 model: {{id: "{model_dir}", gguf_file: null, dtype: float32, device: cpu}}
-paths: {{storage: "{tmp_path / 'storage'}", figures: "{tmp_path / 'figures'}", reports: "{tmp_path / 'reports'}"}}
+paths:
+  storage: "{tmp_path / "storage"}"
+  figures: "{tmp_path / "figures"}"
+  reports: "{tmp_path / "reports"}"
 dataset: {{source: synthetic, n: 6, seed: 3}}
 generation: {{samples_per_prompt: 2, max_new_tokens: 10, batch_size: 16, chunk_problems: 2, temperature: 1.0}}
 detection: {{mode: seed_compatible}}

@@ -83,7 +83,8 @@ def test_sweep_checks_pass_and_scale_one_equals_baseline(run):
     for check in ("scale_one_equals_baseline", "decode_only_hooks"):
         asset = "sweep_results" if check.startswith("scale") else "hook_stats"
         ev = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey(asset), check)])
+            [dg.AssetCheckKey(dg.AssetKey(asset), check)]
+        )
         rec = next(iter(ev.values()))
         assert rec.status.value == "SUCCEEDED" and rec.evaluation.passed, check
 

@@ -16,8 +16,13 @@ CELL = "variant=baseline_think_newline,condition=targeted_ablation"
 
 
 def chunk(k: int, rows: int = 3) -> pl.DataFrame:
-    return pl.DataFrame({"example_id": [k] * rows, "sample_id": list(range(rows)),
-                         "completion": [f"text {k}-{s}" for s in range(rows)]})
+    return pl.DataFrame(
+        {
+            "example_id": [k] * rows,
+            "sample_id": list(range(rows)),
+            "completion": [f"text {k}-{s}" for s in range(rows)],
+        }
+    )
 
 
 @pytest.fixture
@@ -69,11 +74,14 @@ def test_leftover_temp_file_is_ignored_and_cleaned(store):
     assert [p.name for p in store.directory.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.parametrize(("code", "kind", "hint"), [
-    (errno.ENOSPC, OSError, "disk is full"),
-    (errno.EACCES, PermissionError, "no permission"),
-    (errno.EROFS, OSError, "read-only file system"),
-])
+@pytest.mark.parametrize(
+    ("code", "kind", "hint"),
+    [
+        (errno.ENOSPC, OSError, "disk is full"),
+        (errno.EACCES, PermissionError, "no permission"),
+        (errno.EROFS, OSError, "read-only file system"),
+    ],
+)
 def test_failed_replace_leaves_nothing_and_names_path(store, monkeypatch, code, kind, hint):
     def fail(src, dst):
         raise OSError(code, os.strerror(code))

@@ -21,7 +21,12 @@ def test_demo_and_paper_load_without_downloads():
     assert (paper.generation.temperature, paper.generation.top_p, paper.run.seed) == (0.7, 0.95, 42)
     assert paper.dataset.seed == 123 and paper.dataset.n == 200 and len(paper.variant_names) == 3
     assert [s.name for s in paper.phase2.subsets] == [
-        "mlp_27_only", "attn_27_only", "attn_no_early", "mlp_late_cluster", "phase1_full"]
+        "mlp_27_only",
+        "attn_27_only",
+        "attn_no_early",
+        "mlp_late_cluster",
+        "phase1_full",
+    ]
     assert demo.config_hash() != paper.config_hash()
 
 
@@ -30,20 +35,23 @@ def test_env_var_selects_profile(monkeypatch):
     assert load_profile().profile_name == "paper"
 
 
-@pytest.mark.parametrize("body, key", [
-    ("generation:\n  max_new_tokns: 5\n", "generation.max_new_tokns: unknown key"),
-    ("bogus: 1\n", "bogus: unknown key"),
-    ("generation:\n  samples_per_prompt: -1\n", "generation.samples_per_prompt"),
-    ("generation:\n  temperature: hot\n", "generation.temperature"),
-    ("generation:\n  top_p: 1.5\n", "generation.top_p"),
-    ("ablation:\n  scale: 2.0\n", "ablation.scale"),
-    ("dataset:\n  source: jsonl\n  path: /nonexistent.jsonl\n", "dataset.path"),
-    ("phase2:\n  subsets:\n    - {name: empty}\n", "subset 'empty' is empty"),
-    ("phase2:\n  scale_sweep: {subset: nope}\n", "phase2.scale_sweep.subset"),
-    ("phase2:\n  subsets:\n    - {name: x, components: [[ffn, 3]]}\n", "phase2.subsets.0.components"),
-    ("analysis:\n  variant: missing_variant\n", "analysis.variant"),
-    ("phase1:\n  import_dir: /nonexistent\n", "phase1.import_dir"),
-])
+@pytest.mark.parametrize(
+    "body, key",
+    [
+        ("generation:\n  max_new_tokns: 5\n", "generation.max_new_tokns: unknown key"),
+        ("bogus: 1\n", "bogus: unknown key"),
+        ("generation:\n  samples_per_prompt: -1\n", "generation.samples_per_prompt"),
+        ("generation:\n  temperature: hot\n", "generation.temperature"),
+        ("generation:\n  top_p: 1.5\n", "generation.top_p"),
+        ("ablation:\n  scale: 2.0\n", "ablation.scale"),
+        ("dataset:\n  source: jsonl\n  path: /nonexistent.jsonl\n", "dataset.path"),
+        ("phase2:\n  subsets:\n    - {name: empty}\n", "subset 'empty' is empty"),
+        ("phase2:\n  scale_sweep: {subset: nope}\n", "phase2.scale_sweep.subset"),
+        ("phase2:\n  subsets:\n    - {name: x, components: [[ffn, 3]]}\n", "phase2.subsets.0.components"),
+        ("analysis:\n  variant: missing_variant\n", "analysis.variant"),
+        ("phase1:\n  import_dir: /nonexistent\n", "phase1.import_dir"),
+    ],
+)
 def test_bad_keys_fail_naming_the_key(tmp_path, body, key):
     path = write(tmp_path, "extends: demo\n" + body)
     with pytest.raises(ConfigError) as err:

@@ -50,10 +50,20 @@ def test_strict_onset_beats_an_earlier_relaxed_match():
     assert detect("so let me check", STRICT, RELAXED, CORR).has_relaxed is False
 
 
-@pytest.mark.parametrize(("text", "char"), [
-    ("Wait", 0), ("  Wait", 2), ("x.\n**Wait**, no", 5), ("x. (Wait", 4), ('x! "Wait', 4), ("So: Wait", 4),
-    ("a; Hold on", 3), ("- x\n- Actually", 6), ("x?\n\n> Wait", 6),
-])
+@pytest.mark.parametrize(
+    ("text", "char"),
+    [
+        ("Wait", 0),
+        ("  Wait", 2),
+        ("x.\n**Wait**, no", 5),
+        ("x. (Wait", 4),
+        ('x! "Wait', 4),
+        ("So: Wait", 4),
+        ("a; Hold on", 3),
+        ("- x\n- Actually", 6),
+        ("x?\n\n> Wait", 6),
+    ],
+)
 def test_corrected_clause_starts(text, char):
     onset = detect(text, STRICT, RELAXED, CORR)
     assert onset.has_strict and onset.char == char
@@ -71,6 +81,7 @@ def test_empty_trigger_lists():
 
 # --- char -> token ---------------------------------------------------------------------------------
 
+
 def test_onset_token_rules():
     offs = [(0, 0), (0, 5), (5, 11), (11, 12), (14, 17)]
     assert onset_token(offs, 0, skip_first_if_bos=True) == 1
@@ -85,8 +96,10 @@ def test_onset_token_rules():
 
 @pytest.fixture(scope="module")
 def prompt() -> str:
-    return ("Solve the problem carefully.\nEnd with a single line: Final: <answer>\n\n"
-            "Problem: add two and three.\n")
+    return (
+        "Solve the problem carefully.\nEnd with a single line: Final: <answer>\n\n"
+        "Problem: add two and three.\n"
+    )
 
 
 def test_onset_fields_arithmetic(demo_tokenizer, prompt):
@@ -100,8 +113,8 @@ def test_onset_fields_arithmetic(demo_tokenizer, prompt):
     assert f["onset_token_id"] == full_ids[f["onset_token_in_full"]]
     assert f["onset_token_text"] == " Wait"
     # the completion tokens before the onset decode to the text before the onset
-    before = demo_tokenizer.decode(full_ids[n_prompt:f["onset_token_in_full"]])
-    assert before == completion[:onset.char].rstrip(" ")
+    before = demo_tokenizer.decode(full_ids[n_prompt : f["onset_token_in_full"]])
+    assert before == completion[: onset.char].rstrip(" ")
 
 
 def test_onset_fields_with_prepended_bos(demo_tokenizer, prompt):
@@ -135,6 +148,7 @@ def test_onset_fields_at_completion_start_and_none(demo_tokenizer, prompt):
 
 
 # --- consistency with the original's events (completions are not in the fixture) ------------------
+
 
 def test_fixture_onsets_are_consistent_with_seed_detection():
     """Every stored onset phrase is detected by the seed rules with the stored flags, and the stored

@@ -14,6 +14,7 @@ ECHO = "Solve it.\nEnd with a single line: Final: <answer>\n"
 
 # --- B1: boxed answers ------------------------------------------------------------------------------
 
+
 def test_b1_boxed_answer_in_final_line():
     text = "reasoning...\nFinal: ** \\(\\boxed{621}\\)\n"
     assert grade(text, "621", SEED) == Grade("** \\(\\boxed{621}\\)", False)
@@ -29,6 +30,7 @@ def test_boxed_nested_braces_and_last_wins():
 
 
 # --- B2: first "Final:" wins -> instruction echo ---------------------------------------------------
+
 
 def test_b2_echoed_instruction_then_real_final():
     text = ECHO + "Let me compute 40 + 2.\nFinal: 42"
@@ -62,13 +64,17 @@ def test_empty_final_line_gives_empty_prediction_in_seed_mode():
 
 # --- B3: no numeric extraction inside the captured line --------------------------------------------
 
-@pytest.mark.parametrize(("line", "gold", "corrected"), [
-    ("should be 621.", "621", "621"),
-    ("** $14.00", "14", "14.00"),
-    ("Mark makes 7500 cents a day.", "7500", "7500"),
-    ("Mark makes 7,500 cents a day.", "7500", "7500"),
-    ("is $800.", "800", "800"),
-])
+
+@pytest.mark.parametrize(
+    ("line", "gold", "corrected"),
+    [
+        ("should be 621.", "621", "621"),
+        ("** $14.00", "14", "14.00"),
+        ("Mark makes 7500 cents a day.", "7500", "7500"),
+        ("Mark makes 7,500 cents a day.", "7500", "7500"),
+        ("is $800.", "800", "800"),
+    ],
+)
 def test_b3_number_inside_captured_line(line, gold, corrected):
     text = f"work\nFinal: {line}\n"
     assert grade(text, gold, SEED) == Grade(line, False)
@@ -82,12 +88,16 @@ def test_answer_is_phrase():
 
 # --- B4: last-number fallback splits long integers -------------------------------------------------
 
-@pytest.mark.parametrize(("text", "seed_pred", "corr_pred"), [
-    ("so the total is 7500", "0", "7500"),
-    ("we get 12345 apples", "45", "12345"),
-    ("that is 1,234,567.5 in all", "1234567.5", "1234567.5"),
-    ("it costs 276,000 dollars", "276000", "276000"),
-])
+
+@pytest.mark.parametrize(
+    ("text", "seed_pred", "corr_pred"),
+    [
+        ("so the total is 7500", "0", "7500"),
+        ("we get 12345 apples", "45", "12345"),
+        ("that is 1,234,567.5 in all", "1234567.5", "1234567.5"),
+        ("it costs 276,000 dollars", "276000", "276000"),
+    ],
+)
 def test_b4_last_number_fallback(text, seed_pred, corr_pred):
     assert extract_answer(text, SEED) == seed_pred
     assert extract_answer(text, CORR) == corr_pred
@@ -106,8 +116,22 @@ def test_no_number_no_marker_is_unknown():
 
 # --- B17: huge degenerate numbers never raise ------------------------------------------------------
 
-@pytest.mark.parametrize("value", ["9" * 400, "1e999", "inf", "-inf", "INF", "nan", "1e99999999999999999999",
-                                   "9" * 5000, "1.5e-9999", "1" + "0" * 4500 + "/3"])
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "9" * 400,
+        "1e999",
+        "inf",
+        "-inf",
+        "INF",
+        "nan",
+        "1e99999999999999999999",
+        "9" * 5000,
+        "1.5e-9999",
+        "1" + "0" * 4500 + "/3",
+    ],
+)
 def test_b17_huge_numbers_never_raise(value):
     for mode in (SEED, CORR):
         g = grade(f"Final: {value}\n", "42", mode)
@@ -132,17 +156,21 @@ def test_corrected_compares_huge_numbers_exactly():
 
 # --- normalisation and gold formats ----------------------------------------------------------------
 
-@pytest.mark.parametrize(("raw", "seed", "corrected"), [
-    ("14.00", "14", "14"),
-    ("$1,000", "1000", "1000"),
-    ("0.5", "0.5", "1/2"),
-    ("1/2", "1/2", "1/2"),
-    ("5.", "5", "5"),
-    (" 276,000 ", "276000", "276000"),
-    ("ABC", "abc", "abc"),
-    ("-0", "0", "0"),
-    ("1e3", "1000", "1000"),
-])
+
+@pytest.mark.parametrize(
+    ("raw", "seed", "corrected"),
+    [
+        ("14.00", "14", "14"),
+        ("$1,000", "1000", "1000"),
+        ("0.5", "0.5", "1/2"),
+        ("1/2", "1/2", "1/2"),
+        ("5.", "5", "5"),
+        (" 276,000 ", "276000", "276000"),
+        ("ABC", "abc", "abc"),
+        ("-0", "0", "0"),
+        ("1e3", "1000", "1000"),
+    ],
+)
 def test_normalize(raw, seed, corrected):
     assert normalize(raw, SEED) == seed
     assert normalize(raw, CORR) == corrected
@@ -187,15 +215,66 @@ def test_answer_regex():
 
 # --- fuzz: grade never raises ----------------------------------------------------------------------
 
-FRAGMENTS = ["Final:", "final answer", "Final Answer:", "answer", "answer is", "<answer>", "</answer>",
-             "\\boxed{", "\\fbox{", "{", "}", "\\frac{", "\\text{", "\n", " ", "$", ",", ".", "/", "-", "+",
-             "e", "E", "1e999", "9" * 400, "inf", "nan", "0", "000", ",000", "1,234", "3/4", "[", "]", "**",
-             "\\(", "\\)", ":", "is", "Wait", "1e-99999", "1e9999999999999999999999"]
-rich = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=4), st.integers().map(str),
-                          st.floats(allow_nan=True).map(str)), max_size=30).map("".join)
-golds = st.one_of(st.none(), st.integers().map(str), st.integers().map(lambda n: f"{n:,}"),
-                  st.text(max_size=8),
-                  st.sampled_from(["1e999", "inf", "9" * 400, "3/4", "0.5", "276,000", ""]))
+FRAGMENTS = [
+    "Final:",
+    "final answer",
+    "Final Answer:",
+    "answer",
+    "answer is",
+    "<answer>",
+    "</answer>",
+    "\\boxed{",
+    "\\fbox{",
+    "{",
+    "}",
+    "\\frac{",
+    "\\text{",
+    "\n",
+    " ",
+    "$",
+    ",",
+    ".",
+    "/",
+    "-",
+    "+",
+    "e",
+    "E",
+    "1e999",
+    "9" * 400,
+    "inf",
+    "nan",
+    "0",
+    "000",
+    ",000",
+    "1,234",
+    "3/4",
+    "[",
+    "]",
+    "**",
+    "\\(",
+    "\\)",
+    ":",
+    "is",
+    "Wait",
+    "1e-99999",
+    "1e9999999999999999999999",
+]
+rich = st.lists(
+    st.one_of(
+        st.sampled_from(FRAGMENTS),
+        st.text(max_size=4),
+        st.integers().map(str),
+        st.floats(allow_nan=True).map(str),
+    ),
+    max_size=30,
+).map("".join)
+golds = st.one_of(
+    st.none(),
+    st.integers().map(str),
+    st.integers().map(lambda n: f"{n:,}"),
+    st.text(max_size=8),
+    st.sampled_from(["1e999", "inf", "9" * 400, "3/4", "0.5", "276,000", ""]),
+)
 
 
 def _check(text: str, gold: str | None) -> None:
@@ -220,9 +299,11 @@ def test_fuzz_keyword_rich_text_never_raises(text, gold):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=-10**30, max_value=10**30),
-       st.sampled_from(["{:d}", "{:,}", "${:,}.00", "\\boxed{{{:d}}}"]),
-       st.text(alphabet="abc .\n", max_size=20))
+@given(
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.sampled_from(["{:d}", "{:,}", "${:,}.00", "\\boxed{{{:d}}}"]),
+    st.text(alphabet="abc .\n", max_size=20),
+)
 def test_corrected_reads_any_integer_after_final(n, fmt, prefix):
     text = f"{prefix}\nFinal: {fmt.format(n)}\n"
     assert grade(text, str(n), CORR).correct is True

@@ -21,9 +21,9 @@ def imported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("import")
     prof = tmp / "import.yaml"
     prof.write_text(f"""extends: import_reference
-dataset: {{source: jsonl, path: "{FIX / 'gsm8k200_golds.jsonl'}", n: 200}}
-phase1: {{import_dir: "{FIX / 'phase1_run'}"}}
-paths: {{storage: "{tmp / 'storage'}", figures: "{tmp / 'figures'}", reports: "{tmp / 'reports'}"}}
+dataset: {{source: jsonl, path: "{FIX / "gsm8k200_golds.jsonl"}", n: 200}}
+phase1: {{import_dir: "{FIX / "phase1_run"}"}}
+paths: {{storage: "{tmp / "storage"}", figures: "{tmp / "figures"}", reports: "{tmp / "reports"}"}}
 """)
     profile = load_profile(str(prof))
     defs = build_definitions(profile)
@@ -41,7 +41,8 @@ def test_original_files_reproduced(imported):
     out = imported.path("storage") / "original_format"
     ref = FIX / "phase1_run"
     assert json.loads((out / "summary_metrics.json").read_text()) == json.loads(
-        (ref / "summary_metrics.json").read_text())
+        (ref / "summary_metrics.json").read_text()
+    )
     for name in ("condition_comparison.csv", "formatting_summary.csv"):
         assert csv_rows(out / name) == csv_rows(ref / name), name
         assert (out / name).read_text().splitlines()[0] == (ref / name).read_text().splitlines()[0].strip()
@@ -49,8 +50,12 @@ def test_original_files_reproduced(imported):
 
 def test_metrics_v2_schema(imported):
     v2 = json.loads((imported.path("storage") / "original_format" / "metrics_v2.json").read_text())
-    assert list(v2) == ["baseline_only_summary", "backtracking_vs_accuracy", "formatting_effect",
-                        "variant_specific"]
+    assert list(v2) == [
+        "baseline_only_summary",
+        "backtracking_vs_accuracy",
+        "formatting_effect",
+        "variant_specific",
+    ]
     bva = v2["backtracking_vs_accuracy"]
     assert bva["with_backtracking"]["count"] == 2452 and bva["with_backtracking"]["correct"] == 582
     assert round(bva["accuracy_lift_ratio"], 2) == 2.06

@@ -20,18 +20,29 @@ V = VARIANTS[0]
 
 
 def _block(total, bt, correct, acc, rate):
-    return {"total": total, "backtracking_count": bt, "backtracking_rate": rate, "correct": correct,
-            "accuracy": acc}
+    return {
+        "total": total,
+        "backtracking_count": bt,
+        "backtracking_rate": rate,
+        "correct": correct,
+        "accuracy": acc,
+    }
 
 
 # The original's runs/20251224_045331/analysis/metrics_v2.json (numbers only; key order as committed,
 # which follows Python set order - compare as mappings).
 METRICS_V2_REFERENCE = {
     "baseline_only_summary": {
-        "condition": "baseline_only", "total_samples": 3600, "backtracking_strict_count": 2452,
-        "backtracking_strict_rate": 0.6811111111111111, "backtracking_relaxed_count": 2488,
-        "backtracking_relaxed_rate": 0.6911111111111111, "correct_count": 714, "incorrect_count": 2868,
-        "unknown_count": 18, "accuracy": 0.19932998324958123,
+        "condition": "baseline_only",
+        "total_samples": 3600,
+        "backtracking_strict_count": 2452,
+        "backtracking_strict_rate": 0.6811111111111111,
+        "backtracking_relaxed_count": 2488,
+        "backtracking_relaxed_rate": 0.6911111111111111,
+        "correct_count": 714,
+        "incorrect_count": 2868,
+        "unknown_count": 18,
+        "accuracy": 0.19932998324958123,
         "accuracy_with_backtracking": 0.23735725938009788,
         "accuracy_without_backtracking": 0.11498257839721254,
     },
@@ -42,16 +53,23 @@ METRICS_V2_REFERENCE = {
         "accuracy_lift_ratio": 2.0642888921844875,
         "accuracy_difference": 0.12237468098288534,
     },
-    "formatting_effect": {"baseline_only": True, "by_variant": {
-        "think_same_line": _block(1200, 818, 236, 0.19666666666666666, 0.6816666666666666),
-        "no_think_tags": _block(1200, 784, 219, 0.1825, 0.6533333333333333),
-        "baseline_think_newline": _block(1200, 850, 259, 0.21583333333333332, 0.7083333333333334),
-    }},
-    "variant_specific": {"variant": "baseline_think_newline", "total": 3600, "by_condition": {
-        "random_ablation": _block(1200, 659, 19, 0.015833333333333335, 0.5491666666666667),
-        "baseline": _block(1200, 850, 259, 0.21583333333333332, 0.7083333333333334),
-        "targeted_ablation": _block(1200, 34, 14, 0.011666666666666667, 0.028333333333333332),
-    }},
+    "formatting_effect": {
+        "baseline_only": True,
+        "by_variant": {
+            "think_same_line": _block(1200, 818, 236, 0.19666666666666666, 0.6816666666666666),
+            "no_think_tags": _block(1200, 784, 219, 0.1825, 0.6533333333333333),
+            "baseline_think_newline": _block(1200, 850, 259, 0.21583333333333332, 0.7083333333333334),
+        },
+    },
+    "variant_specific": {
+        "variant": "baseline_think_newline",
+        "total": 3600,
+        "by_condition": {
+            "random_ablation": _block(1200, 659, 19, 0.015833333333333335, 0.5491666666666667),
+            "baseline": _block(1200, 850, 259, 0.21583333333333332, 0.7083333333333334),
+            "targeted_ablation": _block(1200, 34, 14, 0.011666666666666667, 0.028333333333333332),
+        },
+    },
 }
 
 
@@ -67,6 +85,7 @@ def golds() -> dict[int, str]:
 
 # --- reading ---------------------------------------------------------------------------------------
 
+
 def test_read_original_events_schema_and_coercion(events):
     assert events.columns == M.EVENT_COLUMNS
     assert events.schema == pl.Schema(M.EVENT_SCHEMA)
@@ -75,7 +94,8 @@ def test_read_original_events_schema_and_coercion(events):
     assert events["predicted_answer"].null_count() == 124  # the 123 unknowns + one "" graded False
     odd = events.filter(pl.col("predicted_answer").is_null() & pl.col("is_correct").is_not_null())
     assert odd.select("example_id", "sample_id", "variant", "is_correct").rows() == [
-        (29, 1, "no_think_tags", False)]
+        (29, 1, "no_think_tags", False)
+    ]
     texts = events.filter(pl.col("has_backtracking_strict"))["onset_token_text"].value_counts()
     assert dict(texts.rows())[" wait"] == 415 and dict(texts.rows())["Wait"] == 2226
     assert (events.filter(~pl.col("has_backtracking_relaxed"))["onset_phrase"] == "").all()
@@ -93,8 +113,25 @@ def test_read_rejects_wrong_schema(tmp_path):
         csv.writer(f).writerow(header)
     with pytest.raises(ValueError, match=r"missing columns \['is_correct'\].*unexpected columns \['bogus'\]"):
         M.read_original_events(bad)
-    row = ["0", "0", "v", "baseline", "maybe", "False", "", "-1", "-1", "-1", "-1", "", "-1", "", "", "1",
-           "2"]
+    row = [
+        "0",
+        "0",
+        "v",
+        "baseline",
+        "maybe",
+        "False",
+        "",
+        "-1",
+        "-1",
+        "-1",
+        "-1",
+        "",
+        "-1",
+        "",
+        "",
+        "1",
+        "2",
+    ]
     with open(bad, "w", newline="") as f:
         csv.writer(f).writerows([M.EVENT_COLUMNS, row])
     with pytest.raises(ValueError, match="has_backtracking_strict"):
@@ -102,6 +139,7 @@ def test_read_rejects_wrong_schema(tmp_path):
 
 
 # --- the three Phase-1 files -----------------------------------------------------------------------
+
 
 def test_summary_metrics_json_is_reproduced_exactly(events, tmp_path):
     ours = M.summary_metrics(events, VARIANTS, CONDITIONS)
@@ -128,8 +166,9 @@ def test_condition_comparison_csv_rows_are_reproduced(events, tmp_path):
     ours, ref = _lines(tmp_path / "cc.csv"), _lines(RUN / "condition_comparison.csv")
     assert ours[0] == ref[0]
     assert set(ours) == set(ref) and len(ours) == len(ref)
-    assert ("baseline_think_newline,targeted_ablation,1200,34,0.028333333333333332,0.011666666666666667"
-            in ours)
+    assert (
+        "baseline_think_newline,targeted_ablation,1200,34,0.028333333333333332,0.011666666666666667" in ours
+    )
 
 
 def test_formatting_summary_csv_is_reproduced_byte_for_byte(events, tmp_path):
@@ -150,11 +189,16 @@ def test_summary_edge_cases():
 
 # --- metrics_v2 ------------------------------------------------------------------------------------
 
+
 def test_metrics_v2_matches_the_original(events):
     m = M.metrics_v2(events, VARIANTS, CONDITIONS, V)
     assert m == METRICS_V2_REFERENCE
-    assert list(m) == ["baseline_only_summary", "backtracking_vs_accuracy", "formatting_effect",
-                       "variant_specific"]
+    assert list(m) == [
+        "baseline_only_summary",
+        "backtracking_vs_accuracy",
+        "formatting_effect",
+        "variant_specific",
+    ]
     assert list(m["baseline_only_summary"]) == list(METRICS_V2_REFERENCE["baseline_only_summary"])
     assert list(m["formatting_effect"]["by_variant"]) == VARIANTS
     assert list(m["variant_specific"]["by_condition"]) == CONDITIONS
@@ -169,6 +213,7 @@ def test_metrics_v2_matches_the_original(events):
 
 # --- corrected metrics -----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def regraded(events, golds) -> pl.DataFrame:
     return M.regrade_predictions(events, golds)
@@ -181,8 +226,12 @@ def corrected(regraded, events) -> dict:
 
 def test_regrade_fixes_stored_predictions(regraded, events):
     assert regraded.columns == events.columns and regraded.height == events.height
-    row = regraded.filter((pl.col("example_id") == 0) & (pl.col("sample_id") == 0) & (pl.col("variant") == V)
-                          & (pl.col("condition") == "baseline")).row(0, named=True)
+    row = regraded.filter(
+        (pl.col("example_id") == 0)
+        & (pl.col("sample_id") == 0)
+        & (pl.col("variant") == V)
+        & (pl.col("condition") == "baseline")
+    ).row(0, named=True)
     assert (row["predicted_answer"], row["is_correct"]) == ("621", True)  # was "** \(\boxed{621}\)", False
     # nothing the original graded correct becomes wrong
     both = events.select("is_correct").with_columns(regraded["is_correct"].alias("new"))
@@ -214,8 +263,13 @@ def test_corrected_metrics_structure(corrected):
     assert corrected["by_condition"]["targeted_ablation"]["backtracking"]["count"] == 34
     blocks = [corrected["overall"], *corrected["by_variant"].values(), *corrected["by_condition"].values()]
     for block in blocks:
-        for key in ("backtracking", "backtracking_relaxed", "accuracy", "accuracy_with_backtracking",
-                    "accuracy_without_backtracking"):
+        for key in (
+            "backtracking",
+            "backtracking_relaxed",
+            "accuracy",
+            "accuracy_with_backtracking",
+            "accuracy_without_backtracking",
+        ):
             lo, hi = block[key]["ci95"]
             assert lo <= block[key]["rate"] <= hi
         assert set(block["accuracy_lift"]) == {"estimate", "ci95"}
@@ -231,6 +285,7 @@ def test_corrected_metrics_deterministic_and_without_original(regraded):
 
 
 # --- the other fixtures ----------------------------------------------------------------------------
+
 
 def test_selected_layers_fixture_follows_from_ablation_importance():
     with open(RUN / "ablation_importance.csv", newline="") as f:

@@ -17,9 +17,17 @@ from bt_assets.lib import plots
 
 NAN = float("nan")
 # Same columns as bt_assets.lib.rates.group_rates (not imported: tests of the figures stay standalone).
-RATE_SCHEMA = {"n": pl.Int64, "bt_count": pl.Int64, "bt_rate": pl.Float64, "bt_lo": pl.Float64,
-               "bt_hi": pl.Float64, "correct": pl.Int64, "accuracy": pl.Float64, "acc_lo": pl.Float64,
-               "acc_hi": pl.Float64}
+RATE_SCHEMA = {
+    "n": pl.Int64,
+    "bt_count": pl.Int64,
+    "bt_rate": pl.Float64,
+    "bt_lo": pl.Float64,
+    "bt_hi": pl.Float64,
+    "correct": pl.Int64,
+    "accuracy": pl.Float64,
+    "acc_lo": pl.Float64,
+    "acc_hi": pl.Float64,
+}
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -35,9 +43,20 @@ def rate_rows(key: str, names: list[str], ns: list[int], bts: list[int], oks: li
     rows = []
     for name, n, b, ok in zip(names, ns, bts, oks, strict=True):
         (bl, bh), (al, ah) = wilson(b, n), wilson(ok, n)
-        rows.append({key: name, "n": n, "bt_count": b, "bt_rate": b / n if n else NAN, "bt_lo": bl,
-                     "bt_hi": bh, "correct": ok, "accuracy": ok / n if n else NAN,
-                     "acc_lo": al, "acc_hi": ah})
+        rows.append(
+            {
+                key: name,
+                "n": n,
+                "bt_count": b,
+                "bt_rate": b / n if n else NAN,
+                "bt_lo": bl,
+                "bt_hi": bh,
+                "correct": ok,
+                "accuracy": ok / n if n else NAN,
+                "acc_lo": al,
+                "acc_hi": ah,
+            }
+        )
     return pl.DataFrame(rows, schema={key: pl.String, **RATE_SCHEMA})
 
 
@@ -55,18 +74,28 @@ def condition_rows() -> pl.DataFrame:
 
 def accuracy_rows() -> pl.DataFrame:
     r = rate_rows("group", ["with backtracking", "without backtracking"], [850, 350], [850, 0], [221, 38])
-    return r.select("group", "n", "correct", "accuracy", pl.col("acc_lo").alias("lo"),
-                    pl.col("acc_hi").alias("hi"))
+    return r.select(
+        "group", "n", "correct", "accuracy", pl.col("acc_lo").alias("lo"), pl.col("acc_hi").alias("hi")
+    )
 
 
 def lens_rows(n_layers: int = 28, n: int = 120) -> pl.DataFrame:
     layer = np.arange(n_layers)
     bt = np.linspace(-2, 18, n_layers) + np.sin(layer)
     ctl = np.linspace(-2, 6, n_layers)
-    return pl.DataFrame({"layer": layer, "mean_target_logit_bt": bt, "ci_low_bt": bt - 1.2,
-                         "ci_high_bt": bt + 1.2, "n_bt": [n] * n_layers, "mean_target_logit_control": ctl,
-                         "ci_low_control": ctl - 0.8,
-                         "ci_high_control": ctl + 0.8, "n_control": [n] * n_layers})
+    return pl.DataFrame(
+        {
+            "layer": layer,
+            "mean_target_logit_bt": bt,
+            "ci_low_bt": bt - 1.2,
+            "ci_high_bt": bt + 1.2,
+            "n_bt": [n] * n_layers,
+            "mean_target_logit_control": ctl,
+            "ci_low_control": ctl - 0.8,
+            "ci_high_control": ctl + 0.8,
+            "n_control": [n] * n_layers,
+        }
+    )
 
 
 def scan_rows(n_layers: int = 28, n: int = 120) -> pl.DataFrame:
@@ -76,18 +105,41 @@ def scan_rows(n_layers: int = 28, n: int = 120) -> pl.DataFrame:
         for layer in range(n_layers):
             m = float(rng.normal(0, 0.6)) - (15.1 if (comp, layer) == ("attn", 0) else 0)
             lp = m * 0.7
-            rows.append({"layer": layer, "component": comp, "delta_logit_mean": m,
-                         "delta_logit_ci_low": m - 0.3, "delta_logit_ci_high": m + 0.3,
-                         "delta_logprob_mean": lp, "delta_logprob_ci_low": lp - 0.2,
-                         "delta_logprob_ci_high": lp + 0.2, "n_events": n})
+            rows.append(
+                {
+                    "layer": layer,
+                    "component": comp,
+                    "delta_logit_mean": m,
+                    "delta_logit_ci_low": m - 0.3,
+                    "delta_logit_ci_high": m + 0.3,
+                    "delta_logprob_mean": lp,
+                    "delta_logprob_ci_low": lp - 0.2,
+                    "delta_logprob_ci_high": lp + 0.2,
+                    "n_events": n,
+                }
+            )
     return pl.DataFrame(rows).sort("delta_logit_mean")  # the asset sorts by effect, not by layer
 
 
 def summary_dict() -> dict:
-    return {"n": 480, "bt_rate": 0.633, "bt_lo": 0.589, "bt_hi": 0.675, "accuracy": 0.196, "acc_lo": 0.163,
-            "acc_hi": 0.234, "acc_with_bt": 0.25, "acc_with_lo": 0.20, "acc_with_hi": 0.30,
-            "acc_without_bt": 0.121, "acc_without_lo": 0.08, "acc_without_hi": 0.18, "lift": 2.06,
-            "lift_lo": 1.4, "lift_hi": 3.1}
+    return {
+        "n": 480,
+        "bt_rate": 0.633,
+        "bt_lo": 0.589,
+        "bt_hi": 0.675,
+        "accuracy": 0.196,
+        "acc_lo": 0.163,
+        "acc_hi": 0.234,
+        "acc_with_bt": 0.25,
+        "acc_with_lo": 0.20,
+        "acc_with_hi": 0.30,
+        "acc_without_bt": 0.121,
+        "acc_without_lo": 0.08,
+        "acc_without_hi": 0.18,
+        "lift": 2.06,
+        "lift_lo": 1.4,
+        "lift_hi": 3.1,
+    }
 
 
 def subset_rows() -> pl.DataFrame:
@@ -96,12 +148,17 @@ def subset_rows() -> pl.DataFrame:
     base_bt, base_acc = 304 / 480, 94 / 480
     return r.with_columns(
         pl.Series("n_components", [0, 4, 1, 1, 10, 12]),
-        pl.when(pl.col("arm") == "baseline").then(None).otherwise(pl.col("bt_rate") - base_bt)
+        pl.when(pl.col("arm") == "baseline")
+        .then(None)
+        .otherwise(pl.col("bt_rate") - base_bt)
         .alias("delta_bt"),
-        pl.when(pl.col("arm") == "baseline").then(None).otherwise(pl.col("accuracy") - base_acc)
+        pl.when(pl.col("arm") == "baseline")
+        .then(None)
+        .otherwise(pl.col("accuracy") - base_acc)
         .alias("delta_acc"),
-    ).with_columns((pl.col("delta_bt") - 0.04).alias("delta_lo"),
-                   (pl.col("delta_bt") + 0.04).alias("delta_hi"))
+    ).with_columns(
+        (pl.col("delta_bt") - 0.04).alias("delta_lo"), (pl.col("delta_bt") + 0.04).alias("delta_hi")
+    )
 
 
 def scale_rows() -> pl.DataFrame:
@@ -111,11 +168,19 @@ def scale_rows() -> pl.DataFrame:
 
 
 def continuation_rows() -> pl.DataFrame:
-    return pl.DataFrame({"scale": [1.0, 0.9, 0.5, 0.0], "n": [150] * 4,
-                         "p_onset_mean": [0.42, 0.38, 0.21, 0.06], "p_onset_lo": [0.37, 0.33, 0.17, 0.04],
-                         "p_onset_hi": [0.47, 0.43, 0.25, 0.08], "logit_mean": [21.0, 20.2, 17.5, -1.5],
-                         "logit_lo": [20.1, 19.3, 16.6, -2.4], "logit_hi": [21.9, 21.1, 18.4, -0.6],
-                         "synonym_share": [0.0, 0.02, 0.11, 0.32]})
+    return pl.DataFrame(
+        {
+            "scale": [1.0, 0.9, 0.5, 0.0],
+            "n": [150] * 4,
+            "p_onset_mean": [0.42, 0.38, 0.21, 0.06],
+            "p_onset_lo": [0.37, 0.33, 0.17, 0.04],
+            "p_onset_hi": [0.47, 0.43, 0.25, 0.08],
+            "logit_mean": [21.0, 20.2, 17.5, -1.5],
+            "logit_lo": [20.1, 19.3, 16.6, -2.4],
+            "logit_hi": [21.9, 21.1, 18.4, -0.6],
+            "synonym_share": [0.0, 0.02, 0.11, 0.32],
+        }
+    )
 
 
 def with_nans(df: pl.DataFrame) -> pl.DataFrame:
@@ -137,13 +202,17 @@ CASES: dict[str, tuple[Callable[[], pl.DataFrame], Draw]] = {
     "bt_rate_by_variant": (variant_rows, plots.bt_rate_by_variant),
     "accuracy_by_bt": (accuracy_rows, lambda d, p: plots.accuracy_by_bt(d, p, lift=2.06, lift_ci=(1.4, 3.1))),
     "logit_lens": (lens_rows, plots.logit_lens),
-    "ablation_importance": (scan_rows, lambda d, p: plots.ablation_importance(
-        d, p, selected={"attn": [3, 5], "mlp": [27, 26]})),
+    "ablation_importance": (
+        scan_rows,
+        lambda d, p: plots.ablation_importance(d, p, selected={"attn": [3, 5], "mlp": [27, 26]}),
+    ),
     "ablation_importance_logprob": (scan_rows, lambda d, p: plots.ablation_importance(d, p, "delta_logprob")),
     "by_condition": (condition_rows, plots.by_condition),
     "formatting_effect": (variant_rows, plots.formatting_effect),
-    "phase2_baseline_summary": (variant_rows,
-                                lambda d, p: plots.phase2_baseline_summary(summary_dict(), d, p)),
+    "phase2_baseline_summary": (
+        variant_rows,
+        lambda d, p: plots.phase2_baseline_summary(summary_dict(), d, p),
+    ),
     "subset_sweep": (subset_rows, plots.subset_sweep),
     "scale_tradeoff": (scale_rows, plots.scale_tradeoff),
     "continuation_effect": (continuation_rows, plots.continuation_effect),
@@ -181,8 +250,17 @@ def test_figure_empty_input(name: str, tmp_path: Path, low_dpi: None) -> None:
     check_png(draw(make().clear(), tmp_path / f"{name}.png"))
 
 
-@pytest.mark.parametrize("name", ["accuracy_by_bt", "logit_lens", "ablation_importance", "subset_sweep",
-                                  "scale_tradeoff", "continuation_effect"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "accuracy_by_bt",
+        "logit_lens",
+        "ablation_importance",
+        "subset_sweep",
+        "scale_tradeoff",
+        "continuation_effect",
+    ],
+)
 def test_figure_no_columns(name: str, tmp_path: Path, low_dpi: None) -> None:
     """Tables built from an empty list of dicts have no columns at all."""
     check_png(CASES[name][1](pl.DataFrame(), tmp_path / f"{name}.png"))
@@ -207,8 +285,11 @@ def test_zero_events_and_zero_n(tmp_path: Path, low_dpi: None) -> None:
     scan = scan_rows(n=0).with_columns(pl.lit(NAN).alias("delta_logit_mean"))
     check_png(plots.ablation_importance(scan, tmp_path / "f.png", selected={"attn": [], "mlp": []}))
     check_png(plots.phase2_baseline_summary({}, pl.DataFrame(), tmp_path / "g.png"))
-    check_png(plots.phase2_baseline_summary({**summary_dict(), "bt_rate": 0.0, "lift": None}, zero,
-                                            tmp_path / "h.png"))
+    check_png(
+        plots.phase2_baseline_summary(
+            {**summary_dict(), "bt_rate": 0.0, "lift": None}, zero, tmp_path / "h.png"
+        )
+    )
     # The continuation summary of an empty table only has these two columns.
     empty = pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
     check_png(plots.continuation_effect(empty, tmp_path / "i.png"))
@@ -216,8 +297,14 @@ def test_zero_events_and_zero_n(tmp_path: Path, low_dpi: None) -> None:
 
 def test_sweep_column_aliases(tmp_path: Path, low_dpi: None) -> None:
     """The sweep tables name these columns subset / num_components / delta_bt_lo (also accepted)."""
-    rows = subset_rows().rename({"arm": "subset", "n_components": "num_components", "delta_lo": "delta_bt_lo",
-                                 "delta_hi": "delta_bt_hi"})
+    rows = subset_rows().rename(
+        {
+            "arm": "subset",
+            "n_components": "num_components",
+            "delta_lo": "delta_bt_lo",
+            "delta_hi": "delta_bt_hi",
+        }
+    )
     check_png(plots.subset_sweep(rows, tmp_path / "s.png"))
     acc = accuracy_rows().rename({"lo": "acc_lo", "hi": "acc_hi"})
     check_png(plots.accuracy_by_bt(acc, tmp_path / "a.png"))

@@ -33,8 +33,10 @@ from bt_assets.lib.prompts import (
     render_user_prompt,
 )
 
-TEMPLATE = ("Solve the problem carefully.\nUse <think> tags for your reasoning.\n"
-            "End with a single line: Final: <answer>\n\nProblem: {question}\n")
+TEMPLATE = (
+    "Solve the problem carefully.\nUse <think> tags for your reasoning.\n"
+    "End with a single line: Final: <answer>\n\nProblem: {question}\n"
+)
 SYSTEM = "You are a helpful assistant."
 VARIANTS = (
     Variant("baseline_think_newline", "<think>\n", "\n</think>\n"),
@@ -120,15 +122,18 @@ def test_jsonl_round_trip(tmp_path):
     assert load_jsonl(path).equals(df)
 
 
-@pytest.mark.parametrize(("bad", "problem"), [
-    ('{"id": 1, "question": "q"', "Expecting"),
-    ('{"id": 1, "question": "q", "answer": "a #### 2"}', "missing key 'answer_value'"),
-    ('{"id": "1", "question": "q", "answer": "a", "answer_value": "2"}', "'id' must be int, got str"),
-    ('{"id": true, "question": "q", "answer": "a", "answer_value": "2"}', "'id' must be int, got bool"),
-    ('{"id": 1, "question": "q", "answer": "a", "answer_value": 2}', "'answer_value' must be str"),
-    ('[1, 2]', "expected a JSON object"),
-    ('{"id": 0, "question": "q", "answer": "a", "answer_value": "2"}', "duplicate id 0"),
-])
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ('{"id": 1, "question": "q"', "Expecting"),
+        ('{"id": 1, "question": "q", "answer": "a #### 2"}', "missing key 'answer_value'"),
+        ('{"id": "1", "question": "q", "answer": "a", "answer_value": "2"}', "'id' must be int, got str"),
+        ('{"id": true, "question": "q", "answer": "a", "answer_value": "2"}', "'id' must be int, got bool"),
+        ('{"id": 1, "question": "q", "answer": "a", "answer_value": 2}', "'answer_value' must be str"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"id": 0, "question": "q", "answer": "a", "answer_value": "2"}', "duplicate id 0"),
+    ],
+)
 def test_jsonl_malformed_line_names_file_and_line(tmp_path, bad: str, problem: str):
     good = '{"id": 0, "question": "q", "answer": "a #### 1", "answer_value": "1"}'
     path = tmp_path / "bad.jsonl"
@@ -255,8 +260,9 @@ def test_corrected_chat_template(tokenizer):
     assert p["no_think_tags"].endswith("<|im_start|>assistant\n")
     assert "Use <think> tags" not in p["no_think_tags"]
     seed = _prompts(PromptStyle(TEMPLATE, SYSTEM, chat_template=True, mode="seed_compatible"), tokenizer)
-    assert seed["think_same_line"] == p["no_think_tags"].replace(head, head + "Use <think> tags for your "
-                                                                 "reasoning.\n")
+    assert seed["think_same_line"] == p["no_think_tags"].replace(
+        head, head + "Use <think> tags for your reasoning.\n"
+    )
 
 
 def test_think_open_not_doubled_when_chat_template_opens_it():

@@ -27,8 +27,11 @@ def free_port() -> int:
 
 
 def gql(port: int, query: str) -> dict:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
 
@@ -40,8 +43,14 @@ def server(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "BT_PROFILE": "demo"}
     exe = Path(sys.executable).with_name("dagster-webserver")
-    proc = subprocess.Popen([str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 150
     try:
         while time.time() < deadline:
@@ -68,8 +77,19 @@ def server(tmp_path_factory):
 def test_asset_graph_served(server):
     nodes = gql(server, QUERY)["data"]["assetNodes"]
     keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
-    for key in ("problems", "prompts", "phase1_generations", "phase1_events", "logit_lens", "ablation_scan",
-                "sweep_generations", "sweep_results", "continuation_ablation", "phase1_report", "phase2_report"):
+    for key in (
+        "problems",
+        "prompts",
+        "phase1_generations",
+        "phase1_events",
+        "logit_lens",
+        "ablation_scan",
+        "sweep_generations",
+        "sweep_results",
+        "continuation_ablation",
+        "phase1_report",
+        "phase2_report",
+    ):
         assert key in keys
     assert {n["groupName"] for n in nodes} >= {"data", "phase1", "phase2"}
 

@@ -1,6 +1,5 @@
 """Glue shared by the asset modules: profile-derived settings and provenance metadata."""
 
-
 from typing import Any
 
 import dagster as dg
@@ -18,26 +17,48 @@ GPU_KINDS = {"pytorch", "polars"}
 
 def model_resource(profile: Profile) -> HookedModel:
     m = profile.model
-    return HookedModel(model_id=m.id, gguf_file=m.gguf_file, dtype=m.dtype, device=m.device,
-                       attn_implementation=m.attn_implementation, revision=m.revision)
+    return HookedModel(
+        model_id=m.id,
+        gguf_file=m.gguf_file,
+        dtype=m.dtype,
+        device=m.device,
+        attn_implementation=m.attn_implementation,
+        revision=m.revision,
+    )
 
 
 def model_identity(profile: Profile) -> dict[str, object]:
     """What identifies the weights and numerics (part of every generation cell's fingerprint)."""
     m = profile.model
-    return {"id": m.id, "gguf_file": m.gguf_file, "dtype": m.dtype, "revision": m.revision,
-            "attn": m.attn_implementation, "add_bos": m.add_bos}
+    return {
+        "id": m.id,
+        "gguf_file": m.gguf_file,
+        "dtype": m.dtype,
+        "revision": m.revision,
+        "attn": m.attn_implementation,
+        "add_bos": m.add_bos,
+    }
 
 
 def sampling_config(profile: Profile) -> SamplingConfig:
     g = profile.generation
-    return SamplingConfig(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k,
-                          max_new_tokens=g.max_new_tokens, seed=profile.run.seed)
+    return SamplingConfig(
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k,
+        max_new_tokens=g.max_new_tokens,
+        seed=profile.run.seed,
+    )
 
 
 def provenance(profile: Profile) -> dict[str, str]:
-    return {"profile": profile.profile_name, "profile_hash": profile.config_hash(),
-            "code_version": code_version(), "model_id": profile.model.id, "seed": str(profile.run.seed)}
+    return {
+        "profile": profile.profile_name,
+        "profile_hash": profile.config_hash(),
+        "code_version": code_version(),
+        "model_id": profile.model.id,
+        "seed": str(profile.run.seed),
+    }
 
 
 def provenance_metadata(profile: Profile, **extra: Any) -> dict[str, Any]:

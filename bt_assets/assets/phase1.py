@@ -1,11 +1,15 @@
 """Phase 1 generations: sampled completions per (variant, condition) cell, resumable chunks on disk."""
 
-
 import dagster as dg
 import polars as pl
 
 from bt_assets.assets.common import (
-    GPU_KINDS, model_identity, phase1_cells, provenance, provenance_metadata, sampling_config,
+    GPU_KINDS,
+    model_identity,
+    phase1_cells,
+    provenance,
+    provenance_metadata,
+    sampling_config,
 )
 from bt_assets.config import Profile
 from bt_assets.lib.generation import Cell, CellReport, run_cells
@@ -14,76 +18,133 @@ from bt_assets.partitions import ablation_keys, parse_cell_key, phase1_partition
 from bt_assets.resources import HookedModel
 
 
-def generate_cells(context: dg.AssetExecutionContext, profile: Profile, model: HookedModel,
-                   cells: list[Cell], asset_name: str, samples: int,
-                   hook_state: HookState | None = None) -> dict[str, CellReport]:
+def generate_cells(
+    context: dg.AssetExecutionContext,
+    profile: Profile,
+    model: HookedModel,
+    cells: list[Cell],
+    asset_name: str,
+    samples: int,
+    hook_state: HookState | None = None,
+) -> dict[str, CellReport]:
     """Generate every cell of this run together and attach per-partition metadata."""
     g = profile.generation
     reports = run_cells(
-        model.model, model.tokenizer, cells,
-        store_root=profile.path("storage") / asset_name, sampling=sampling_config(profile),
-        samples=samples, chunk_problems=g.chunk_problems, batch_size=g.batch_size,
-        eos_ids=model.eos_ids(), add_bos=profile.model.add_bos, identity=model_identity(profile),
-        provenance=provenance(profile), hook_state=hook_state, log=context.log.info,
+        model.model,
+        model.tokenizer,
+        cells,
+        store_root=profile.path("storage") / asset_name,
+        sampling=sampling_config(profile),
+        samples=samples,
+        chunk_problems=g.chunk_problems,
+        batch_size=g.batch_size,
+        eos_ids=model.eos_ids(),
+        add_bos=profile.model.add_bos,
+        identity=model_identity(profile),
+        provenance=provenance(profile),
+        hook_state=hook_state,
+        log=context.log.info,
     )
     for key, rep in reports.items():
-        context.add_asset_metadata({
-            "profile_hash": profile.config_hash(), "rows": rep.rows, "new_rows": rep.new_rows, "chunks_reused": rep.chunks_reused,
-            "chunks_written": rep.chunks_written, "tokens_per_s": round(rep.tokens_per_s, 1),
-            "share_truncated": round(rep.truncated / rep.rows, 4) if rep.rows else 0.0,
-            "path": dg.MetadataValue.path(rep.path),
-        }, partition_key=key)
+        context.add_asset_metadata(
+            {
+                "profile_hash": profile.config_hash(),
+                "rows": rep.rows,
+                "new_rows": rep.new_rows,
+                "chunks_reused": rep.chunks_reused,
+                "chunks_written": rep.chunks_written,
+                "tokens_per_s": round(rep.tokens_per_s, 1),
+                "share_truncated": round(rep.truncated / rep.rows, 4) if rep.rows else 0.0,
+                "path": dg.MetadataValue.path(rep.path),
+            },
+            partition_key=key,
+        )
     return reports
 
 
 def build(profile: Profile) -> list:
-    @dg.asset(group_name="phase1", kinds=GPU_KINDS, pool="gpu",
-              partitions_def=phase1_partitions(profile), backfill_policy=dg.BackfillPolicy.single_run())
-    def phase1_generations(context: dg.AssetExecutionContext, model: HookedModel,
-                           prompts: pl.DataFrame) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name="phase1",
+        kinds=GPU_KINDS,
+        pool="gpu",
+        partitions_def=phase1_partitions(profile),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def phase1_generations(
+        context: dg.AssetExecutionContext, model: HookedModel, prompts: pl.DataFrame
+    ) -> dg.MaterializeResult:
         """Sampled baseline completions per (variant, condition) cell: tokens, true length, finish reason."""
         cells = phase1_cells(profile, prompts, list(context.partition_keys))
-        reports = generate_cells(context, profile, model, cells, "phase1_generations",
-                                 profile.generation.samples_per_prompt)
-        return dg.MaterializeResult(metadata=provenance_metadata(
-            profile, cells=len(reports), rows=sum(r.rows for r in reports.values())))
+        reports = generate_cells(
+            context, profile, model, cells, "phase1_generations", profile.generation.samples_per_prompt
+        )
+        return dg.MaterializeResult(
+            metadata=provenance_metadata(
+                profile, cells=len(reports), rows=sum(r.rows for r in reports.values())
+            )
+        )
 
     abl_keys = ablation_keys(profile)
     if not abl_keys:
         return [phase1_generations]
 
-    @dg.asset(group_name="phase1", kinds=GPU_KINDS, pool="gpu",
-              partitions_def=dg.StaticPartitionsDefinition(abl_keys),
-              backfill_policy=dg.BackfillPolicy.single_run())
-    def ablation_generations(context: dg.AssetExecutionContext, model: HookedModel, prompts: pl.DataFrame,
-                             selected_layers: dict, random_layers: dict) -> dg.MaterializeResult:
+    @dg.asset(
+        group_name="phase1",
+        kinds=GPU_KINDS,
+        pool="gpu",
+        partitions_def=dg.StaticPartitionsDefinition(abl_keys),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def ablation_generations(
+        context: dg.AssetExecutionContext,
+        model: HookedModel,
+        prompts: pl.DataFrame,
+        selected_layers: dict,
+        random_layers: dict,
+    ) -> dg.MaterializeResult:
         """Phase-1 completions with the selected (targeted) or random layers' attn/MLP outputs scaled by
         ``ablation.scale`` at every decode step (decode-only: the prompt prefill is intact)."""
         cells = ablation_cells(profile, prompts, list(context.partition_keys), selected_layers, random_layers)
         for c in cells:
             context.log.info(f"{c.key}: {len(c.scales)} components scaled: {sorted(c.scales)}")
-        reports = generate_cells(context, profile, model, cells, "ablation_generations",
-                                 profile.generation.samples_per_prompt)
-        return dg.MaterializeResult(metadata=provenance_metadata(
-            profile, cells=len(reports), rows=sum(r.rows for r in reports.values()),
-            targeted=str(selected_layers), random=str(random_layers)))
+        reports = generate_cells(
+            context, profile, model, cells, "ablation_generations", profile.generation.samples_per_prompt
+        )
+        return dg.MaterializeResult(
+            metadata=provenance_metadata(
+                profile,
+                cells=len(reports),
+                rows=sum(r.rows for r in reports.values()),
+                targeted=str(selected_layers),
+                random=str(random_layers),
+            )
+        )
 
     return [phase1_generations, ablation_generations]
 
 
 def condition_scales(profile: Profile, condition: str, selected: dict, random_sets: dict) -> dict:
     """(component, layer) -> scale for an ablation condition (the first random seed's layer set)."""
-    layers = selected if condition == "targeted_ablation" else random_sets[str(profile.ablation.random_seeds[0])]
+    layers = (
+        selected if condition == "targeted_ablation" else random_sets[str(profile.ablation.random_seeds[0])]
+    )
     scale = 0.0 if profile.ablation.mode == "zero" else profile.ablation.scale
     return {(comp, int(layer)): scale for comp, ls in layers.items() for layer in ls}
 
 
-def ablation_cells(profile: Profile, prompts: pl.DataFrame, keys: list[str], selected: dict,
-                   random_sets: dict) -> list[Cell]:
+def ablation_cells(
+    profile: Profile, prompts: pl.DataFrame, keys: list[str], selected: dict, random_sets: dict
+) -> list[Cell]:
     cells = []
     for key in keys:
         parts = parse_cell_key(key)
-        cells.append(Cell(key=key, variant=parts["variant"], condition=parts["condition"],
-                          prompts=prompts.filter(pl.col("variant") == parts["variant"]),
-                          scales=condition_scales(profile, parts["condition"], selected, random_sets)))
+        cells.append(
+            Cell(
+                key=key,
+                variant=parts["variant"],
+                condition=parts["condition"],
+                prompts=prompts.filter(pl.col("variant") == parts["variant"]),
+                scales=condition_scales(profile, parts["condition"], selected, random_sets),
+            )
+        )
     return cells

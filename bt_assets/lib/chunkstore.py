@@ -131,8 +131,9 @@ class ChunkStore:
         if not self.directory.is_dir():
             return 0
         prefix = f".{self.path(index).name}." if index is not None else "."
-        stale = [p for p in self.directory.iterdir()
-                 if p.name.startswith(prefix) and p.name.endswith(_TMP_SUFFIX)]
+        stale = [
+            p for p in self.directory.iterdir() if p.name.startswith(prefix) and p.name.endswith(_TMP_SUFFIX)
+        ]
         for p in stale:
             p.unlink(missing_ok=True)
         return len(stale)
@@ -177,11 +178,25 @@ class ChunkStore:
         gone = self.missing(n_chunks)
         if gone:
             raise ChunkStoreError(f"{self.directory}: cannot finalize, missing chunks {gone} of {n_chunks}")
-        chunks = [{"index": i, "file": self.path(i).name, "bytes": self.path(i).stat().st_size,
-                   "rows": self.read(i).height, "sha256": file_sha256(self.path(i))} for i in range(n_chunks)]
-        manifest = {"version": 1, "cell_key": self.cell_key, "fingerprint": self.fingerprint,
-                    "n_chunks": n_chunks, "rows": sum(c["rows"] for c in chunks), "chunks": chunks,
-                    "meta": meta}
+        chunks = [
+            {
+                "index": i,
+                "file": self.path(i).name,
+                "bytes": self.path(i).stat().st_size,
+                "rows": self.read(i).height,
+                "sha256": file_sha256(self.path(i)),
+            }
+            for i in range(n_chunks)
+        ]
+        manifest = {
+            "version": 1,
+            "cell_key": self.cell_key,
+            "fingerprint": self.fingerprint,
+            "n_chunks": n_chunks,
+            "rows": sum(c["rows"] for c in chunks),
+            "chunks": chunks,
+            "meta": meta,
+        }
         data = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode("utf-8")
         _atomic_write(self.manifest_path, lambda f: f.write(data))
         self.clean_temp()

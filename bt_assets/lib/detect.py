@@ -62,8 +62,9 @@ def detect(completion: str, strict: Sequence[str], relaxed: Sequence[str], mode:
     return Onset(False, r_char >= 0, r_phrase, r_char)
 
 
-def onset_token(offsets: Sequence[tuple[int, int]], char: int, skip_first_if_bos: bool,
-                text_len: int | None = None) -> int:
+def onset_token(
+    offsets: Sequence[tuple[int, int]], char: int, skip_first_if_bos: bool, text_len: int | None = None
+) -> int:
     """Index of the first token whose span contains ``char`` or starts at it (index 0 is skipped when it
     is a BOS with (0, 0) offsets and ``skip_first_if_bos``). If none and ``char`` is at/after the last
     character (``text_len - 1``; default: the largest offset end) -> the last token; else -1."""
@@ -76,8 +77,9 @@ def onset_token(offsets: Sequence[tuple[int, int]], char: int, skip_first_if_bos
     return len(offsets) - 1 if offsets and char >= n_chars - 1 else -1
 
 
-def encode_with_offsets(tokenizer, text: str, add_bos: bool, prepend_missing_bos: bool = False
-                        ) -> tuple[list[int], list[tuple[int, int]], bool]:
+def encode_with_offsets(
+    tokenizer, text: str, add_bos: bool, prepend_missing_bos: bool = False
+) -> tuple[list[int], list[tuple[int, int]], bool]:
     """(ids, offsets, has_bos) of ``text`` encoded as the platform encodes it for the model:
     ``tokenizer(text, add_special_tokens=add_bos)`` (the same ids as ``generation.encode_prompt`` and
     ``teacher.encode_full``). With ``prepend_missing_bos`` a BOS is prepended with (0, 0) offsets when
@@ -92,12 +94,23 @@ def encode_with_offsets(tokenizer, text: str, add_bos: bool, prepend_missing_bos
     return ids, offsets, has_bos
 
 
-NO_ONSET = {"onset_token_in_completion": -1, "onset_token_in_full": -1, "onset_token_id": -1,
-            "onset_token_text": "", "pred_pos_in_full": -1}
+NO_ONSET = {
+    "onset_token_in_completion": -1,
+    "onset_token_in_full": -1,
+    "onset_token_id": -1,
+    "onset_token_text": "",
+    "pred_pos_in_full": -1,
+}
 
 
-def onset_fields(tokenizer, prompt_text: str, completion_text: str, onset: Onset, add_bos: bool,
-                 prepend_missing_bos: bool = False) -> dict:
+def onset_fields(
+    tokenizer,
+    prompt_text: str,
+    completion_text: str,
+    onset: Onset,
+    add_bos: bool,
+    prepend_missing_bos: bool = False,
+) -> dict:
     """Token fields of an onset (spec 2.1): full_text = prompt + completion is re-tokenised with offsets;
     ``onset_token_in_completion`` = max(0, index - token count of the re-tokenised prompt);
     ``pred_pos_in_full`` = index - 1 (0 when the index is 0). All -1 (text "") without an onset."""

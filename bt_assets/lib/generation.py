@@ -24,10 +24,21 @@ from bt_assets.lib.engine import Request, SamplingConfig, generate
 from bt_assets.lib.hooks import HookState, decoder_layers, scale_table
 
 GENERATION_SCHEMA = {
-    "example_id": pl.Int64, "sample_id": pl.Int64, "variant": pl.String, "condition": pl.String,
-    "cell": pl.String, "prompt_hash": pl.String, "prompt_tokens": pl.Int64, "completion": pl.String,
-    "completion_token_ids": pl.List(pl.Int64), "completion_tokens": pl.Int64, "finish_reason": pl.String,
-    "seed": pl.Int64, "model_id": pl.String, "profile_hash": pl.String, "code_version": pl.String,
+    "example_id": pl.Int64,
+    "sample_id": pl.Int64,
+    "variant": pl.String,
+    "condition": pl.String,
+    "cell": pl.String,
+    "prompt_hash": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion": pl.String,
+    "completion_token_ids": pl.List(pl.Int64),
+    "completion_tokens": pl.Int64,
+    "finish_reason": pl.String,
+    "seed": pl.Int64,
+    "model_id": pl.String,
+    "profile_hash": pl.String,
+    "code_version": pl.String,
 }
 
 
@@ -68,19 +79,27 @@ def encode_prompt(tokenizer, prompt: str, add_bos: bool) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=add_bos)["input_ids"])
 
 
-def cell_fingerprint(cell: Cell, identity: Mapping[str, object], sampling: SamplingConfig,
-                     samples: int, chunk_problems: int) -> str:
+def cell_fingerprint(
+    cell: Cell, identity: Mapping[str, object], sampling: SamplingConfig, samples: int, chunk_problems: int
+) -> str:
     """Hash of everything that determines a cell's tokens (model identity, sampling, condition, prompts).
 
     Batch size, code version and unrelated profile keys are deliberately not in it: they do not change
     the tokens, so changing them must not throw finished generations away.
     """
-    blob = json.dumps({
-        "model": dict(identity), "sampling": sampling.__dict__, "samples": samples,
-        "chunk_problems": chunk_problems, "condition": cell.condition,
-        "scales": sorted((c, int(layer), float(s)) for (c, layer), s in cell.scales.items()),
-        "prompts": cell.prompts.sort("example_id")["prompt_hash"].to_list(),
-    }, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "model": dict(identity),
+            "sampling": sampling.__dict__,
+            "samples": samples,
+            "chunk_problems": chunk_problems,
+            "condition": cell.condition,
+            "scales": sorted((c, int(layer), float(s)) for (c, layer), s in cell.scales.items()),
+            "prompts": cell.prompts.sort("example_id")["prompt_hash"].to_list(),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -109,8 +128,10 @@ def run_cells(
     """Generate every missing chunk of every cell; return a report per cell (rows, tok/s, truncation)."""
     n_layers = len(decoder_layers(model))
     scales = scale_table([c.scales for c in cells], n_layers)
-    stores = [ChunkStore(store_root, c.key, cell_fingerprint(c, identity, sampling, samples, chunk_problems))
-              for c in cells]
+    stores = [
+        ChunkStore(store_root, c.key, cell_fingerprint(c, identity, sampling, samples, chunk_problems))
+        for c in cells
+    ]
     chunked = [_chunks(c.prompts, chunk_problems) for c in cells]
     n_chunks = max(len(ch) for ch in chunked)
     reports = {c.key: CellReport(c.key, path=str(s.directory)) for c, s in zip(cells, stores, strict=True)}
@@ -118,23 +139,42 @@ def run_cells(
     total_pending = sum(not s.done(k) for s, ch in zip(stores, chunked, strict=True) for k in range(len(ch)))
     log(f"{len(cells)} cells, {n_chunks} chunks each; {total_pending} cell-chunks to generate")
     for k in range(n_chunks):
-        pending = [i for i, (s, ch) in enumerate(zip(stores, chunked, strict=True))
-                   if k < len(ch) and not s.done(k)]
-        for i, s in enumerate(stores):
+        pending = [
+            i for i, (s, ch) in enumerate(zip(stores, chunked, strict=True)) if k < len(ch) and not s.done(k)
+        ]
+        for i in range(len(stores)):
             if k < len(chunked[i]) and i not in pending:
                 reports[cells[i].key].chunks_reused += 1
         if not pending:
             continue
         requests = [
-            Request(problem_key=int(row["example_id"]), sample_id=s, condition=i,
-                    prompt_ids=tuple(encode_prompt(tokenizer, row["prompt"], add_bos)), tag=(i, row))
-            for i in pending for row in chunked[i][k].iter_rows(named=True) for s in range(samples)
+            Request(
+                problem_key=int(row["example_id"]),
+                sample_id=s,
+                condition=i,
+                prompt_ids=tuple(encode_prompt(tokenizer, row["prompt"], add_bos)),
+                tag=(i, row),
+            )
+            for i in pending
+            for row in chunked[i][k].iter_rows(named=True)
+            for s in range(samples)
         ]
         before = Counter(hook_state.cell_counts) if hook_state is not None else Counter()
         t0 = time.perf_counter()
-        done = [c for batch in generate(model, requests, scales, sampling, eos_ids=eos_ids, pad_id=pad_id,
-                                        batch_size=batch_size, hook_state_out=hook_state)
-                for c in batch]
+        done = [
+            c
+            for batch in generate(
+                model,
+                requests,
+                scales,
+                sampling,
+                eos_ids=eos_ids,
+                pad_id=pad_id,
+                batch_size=batch_size,
+                hook_state_out=hook_state,
+            )
+            for c in batch
+        ]
         elapsed = time.perf_counter() - t0
         by_cell: dict[int, list[dict]] = {i: [] for i in pending}
         for comp in done:
@@ -152,8 +192,10 @@ def run_cells(
             share = df.height / max(len(done), 1)
             rep.new_tokens += int(df["completion_tokens"].sum())
             rep.seconds += elapsed * share
-        log(f"chunk {k + 1}/{n_chunks}: {len(done)} completions, {new_tokens} tokens in {elapsed:.1f}s "
-            f"({new_tokens / max(elapsed, 1e-9):.0f} tok/s)")
+        log(
+            f"chunk {k + 1}/{n_chunks}: {len(done)} completions, {new_tokens} tokens in {elapsed:.1f}s "
+            f"({new_tokens / max(elapsed, 1e-9):.0f} tok/s)"
+        )
     for c, s, ch in zip(cells, stores, chunked, strict=True):
         s.finalize(len(ch), {"cell": c.key, **provenance})
         rep = reports[c.key]
@@ -165,30 +207,50 @@ def run_cells(
 
 def _row(cell: Cell, prompt_row: dict, comp, tokenizer, seed: int, provenance: Mapping[str, str]) -> dict:
     return {
-        "example_id": int(prompt_row["example_id"]), "sample_id": comp.request.sample_id,
-        "variant": cell.variant, "condition": cell.condition, "cell": cell.key,
-        "prompt_hash": prompt_row["prompt_hash"], "prompt_tokens": len(comp.request.prompt_ids),
+        "example_id": int(prompt_row["example_id"]),
+        "sample_id": comp.request.sample_id,
+        "variant": cell.variant,
+        "condition": cell.condition,
+        "cell": cell.key,
+        "prompt_hash": prompt_row["prompt_hash"],
+        "prompt_tokens": len(comp.request.prompt_ids),
         "completion": tokenizer.decode(comp.token_ids, skip_special_tokens=True),
         "completion_token_ids": list(comp.token_ids),
         "completion_tokens": len(comp.token_ids) + (comp.finish_reason == "stop"),
-        "finish_reason": comp.finish_reason, "seed": seed,
-        "model_id": str(provenance.get("model_id", "")), "profile_hash": str(provenance.get("profile_hash", "")),
+        "finish_reason": comp.finish_reason,
+        "seed": seed,
+        "model_id": str(provenance.get("model_id", "")),
+        "profile_hash": str(provenance.get("profile_hash", "")),
         "code_version": str(provenance.get("code_version", "")),
     }
 
 
-def read_cell(store_root: Path, cell: Cell, identity: Mapping[str, object], sampling: SamplingConfig,
-              samples: int, chunk_problems: int) -> pl.DataFrame:
+def read_cell(
+    store_root: Path,
+    cell: Cell,
+    identity: Mapping[str, object],
+    sampling: SamplingConfig,
+    samples: int,
+    chunk_problems: int,
+) -> pl.DataFrame:
     """Read a finished cell; raises if any chunk is missing or the manifest does not verify."""
-    store = ChunkStore(store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems))
+    store = ChunkStore(
+        store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems)
+    )
     problems = store.verify()
     if problems:
         raise RuntimeError(f"cell {cell.key} is incomplete or corrupt: {problems}")
     return store.read_all(len(_chunks(cell.prompts, chunk_problems)))
 
 
-HOOK_COUNT_SCHEMA = {"cell": pl.String, "phase": pl.String, "component": pl.String, "layer": pl.Int64,
-                     "calls": pl.Int64, "applied": pl.Int64}
+HOOK_COUNT_SCHEMA = {
+    "cell": pl.String,
+    "phase": pl.String,
+    "component": pl.String,
+    "layer": pl.Int64,
+    "calls": pl.Int64,
+    "applied": pl.Int64,
+}
 
 
 def _write_hook_counts(store: ChunkStore, index: int, condition: int, delta: Counter) -> None:
@@ -196,23 +258,39 @@ def _write_hook_counts(store: ChunkStore, index: int, condition: int, delta: Cou
     rows: dict[tuple, dict] = {}
     for (cond, phase, comp, layer, kind), n in delta.items():
         if cond == condition:
-            row = rows.setdefault((phase, comp, layer), {"phase": phase, "component": comp, "layer": layer,
-                                                         "calls": 0, "applied": 0})
+            row = rows.setdefault(
+                (phase, comp, layer),
+                {"phase": phase, "component": comp, "layer": layer, "calls": 0, "applied": 0},
+            )
             row[kind] += n
     path = store.directory / f"chunk-{index:05d}.hooks.json"
-    atomic_write_bytes(path, json.dumps(sorted(rows.values(), key=lambda r: (r["phase"], r["component"],
-                                                                           r["layer"]))).encode())
+    atomic_write_bytes(
+        path,
+        json.dumps(sorted(rows.values(), key=lambda r: (r["phase"], r["component"], r["layer"]))).encode(),
+    )
 
 
-def read_hook_counts(store_root: Path, cells: Sequence[Cell], identity: Mapping[str, object],
-                     sampling: SamplingConfig, samples: int, chunk_problems: int) -> pl.DataFrame:
+def read_hook_counts(
+    store_root: Path,
+    cells: Sequence[Cell],
+    identity: Mapping[str, object],
+    sampling: SamplingConfig,
+    samples: int,
+    chunk_problems: int,
+) -> pl.DataFrame:
     """Hook calls per (cell, phase, component, layer) over every chunk of each cell."""
     rows = []
     for cell in cells:
-        store = ChunkStore(store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems))
+        store = ChunkStore(
+            store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems)
+        )
         for path in sorted(store.directory.glob("chunk-*.hooks.json")):
             rows += [{"cell": cell.key, **r} for r in json.loads(path.read_text())]
     if not rows:
         return pl.DataFrame(schema=HOOK_COUNT_SCHEMA)
-    return (pl.DataFrame(rows, schema=HOOK_COUNT_SCHEMA).group_by("cell", "phase", "component", "layer")
-            .agg(pl.col("calls").sum(), pl.col("applied").sum()).sort("cell", "phase", "component", "layer"))
+    return (
+        pl.DataFrame(rows, schema=HOOK_COUNT_SCHEMA)
+        .group_by("cell", "phase", "component", "layer")
+        .agg(pl.col("calls").sum(), pl.col("applied").sum())
+        .sort("cell", "phase", "component", "layer")
+    )

@@ -35,11 +35,14 @@ class Grade:
 # --------------------------------------------------------------------------------------------------
 # seed_compatible (spec 2.2)
 
-_SEED_MARKERS = [re.compile(p, re.IGNORECASE) for p in (
-    r"Final:\s*(.+?)(?:\n|$)",
-    r"final answer[:\s]+(.+?)(?:\n|$)",
-    r"answer[:\s]+(.+?)(?:\n|$)",
-)]
+_SEED_MARKERS = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"Final:\s*(.+?)(?:\n|$)",
+        r"final answer[:\s]+(.+?)(?:\n|$)",
+        r"answer[:\s]+(.+?)(?:\n|$)",
+    )
+]
 _SEED_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})*(?:\.\d+)?|\d+(?:\.\d+)?")
 _BRACKETS = re.compile(r"[<>\[\]]")
 _CURRENCY = re.compile(r"[$€£¥]")
@@ -71,7 +74,8 @@ def _seed_normalize(s: str) -> str:
 # A whole number: thousands groups only when every group has 3 digits, optional decimals, fraction or
 # exponent. A minus sign counts when it does not follow a word character ("20-5" is not "-5").
 _NUMBER = re.compile(
-    r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?(?:[eE][+-]?\d+)?")
+    r"(?:(?<![\w)\]}])-)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+(?:\.\d+)?)?(?:[eE][+-]?\d+)?"
+)
 _FINAL = re.compile(r"\bfinal(?:[ \t]+answer)?[ \t*_]*[:：]", re.IGNORECASE)
 _ANSWER_IS = re.compile(r"\banswer(?:[ \t]+is|[ \t]*[:=])[ \t*_]*", re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -87,7 +91,7 @@ _MAX_DIGITS = 4000  # below Python's int<->str limit (4300 digits); larger value
 def _line_after(text: str, pos: int) -> str:
     """Rest of the line from ``pos``; if it is blank (``Final:\\n42``), the next non-blank line."""
     end = text.find("\n", pos, pos + _MAX_LINE)
-    line = text[pos:pos + _MAX_LINE] if end < 0 else text[pos:end]
+    line = text[pos : pos + _MAX_LINE] if end < 0 else text[pos:end]
     if line.strip(" \t*_") or end < 0:
         return line
     m = _NEXT_LINE.search(text, end + 1)
@@ -109,7 +113,7 @@ def _boxed(text: str) -> list[tuple[int, str]]:
             stack.append(i)
         elif ch == "}" and stack:
             closing[stack.pop()] = i
-    return [(m.start(), text[m.end():closing[m.end() - 1]]) for m in starts if m.end() - 1 in closing]
+    return [(m.start(), text[m.end() : closing[m.end() - 1]]) for m in starts if m.end() - 1 in closing]
 
 
 def _resolve(content: str) -> str | None:
@@ -207,6 +211,7 @@ def _corrected_normalize(s: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # public API
 
+
 def extract_answer(text: str, mode: Mode, answer_regex: str | None = None) -> str | None:
     """The predicted answer string of a completion (None when nothing can be extracted).
 
@@ -238,8 +243,9 @@ def answers_equal(pred: str | None, gold: str | None, mode: Mode) -> bool | None
     return normalize(pred, mode) == normalize(gold, mode)
 
 
-def grade(completion: str, gold: str | None, mode: Mode = "corrected",
-          answer_regex: str | None = None) -> Grade:
+def grade(
+    completion: str, gold: str | None, mode: Mode = "corrected", answer_regex: str | None = None
+) -> Grade:
     """Extract the answer of ``completion`` and compare it with ``gold``; never raises on model text."""
     pred = extract_answer(completion, mode, answer_regex)
     return Grade(pred, answers_equal(pred, gold, mode))

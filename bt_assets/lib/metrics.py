@@ -26,17 +26,43 @@ from bt_assets.lib.grading import grade
 from bt_assets.lib.stats import accuracy_difference, accuracy_lift, cluster_bootstrap, wilson
 
 EVENT_COLUMNS: list[str] = [
-    "example_id", "sample_id", "variant", "condition", "has_backtracking_strict", "has_backtracking_relaxed",
-    "onset_phrase", "onset_char", "onset_token_in_completion", "onset_token_in_full", "onset_token_id",
-    "onset_token_text", "pred_pos_in_full", "predicted_answer", "is_correct", "prompt_tokens",
+    "example_id",
+    "sample_id",
+    "variant",
+    "condition",
+    "has_backtracking_strict",
+    "has_backtracking_relaxed",
+    "onset_phrase",
+    "onset_char",
+    "onset_token_in_completion",
+    "onset_token_in_full",
+    "onset_token_id",
+    "onset_token_text",
+    "pred_pos_in_full",
+    "predicted_answer",
+    "is_correct",
+    "prompt_tokens",
     "completion_tokens",
 ]
 EVENT_SCHEMA: dict[str, pl.DataType] = {
-    c: (pl.Int64 if c in {"example_id", "sample_id", "onset_char", "onset_token_in_completion",
-                          "onset_token_in_full", "onset_token_id", "pred_pos_in_full", "prompt_tokens",
-                          "completion_tokens"}
-        else pl.Boolean if c in {"has_backtracking_strict", "has_backtracking_relaxed", "is_correct"}
-        else pl.String)
+    c: (
+        pl.Int64
+        if c
+        in {
+            "example_id",
+            "sample_id",
+            "onset_char",
+            "onset_token_in_completion",
+            "onset_token_in_full",
+            "onset_token_id",
+            "pred_pos_in_full",
+            "prompt_tokens",
+            "completion_tokens",
+        }
+        else pl.Boolean
+        if c in {"has_backtracking_strict", "has_backtracking_relaxed", "is_correct"}
+        else pl.String
+    )
     for c in EVENT_COLUMNS
 }
 BT, RELAXED, OK = "has_backtracking_strict", "has_backtracking_relaxed", "is_correct"
@@ -44,6 +70,7 @@ BT, RELAXED, OK = "has_backtracking_strict", "has_backtracking_relaxed", "is_cor
 
 # --------------------------------------------------------------------------------------------------
 # reading and writing the original's files
+
 
 def _cast(value: str, column: str, line: int):
     dtype = EVENT_SCHEMA[column]
@@ -75,8 +102,10 @@ def read_original_events(path: str | Path) -> pl.DataFrame:
         extra = [c for c in header if c not in EVENT_COLUMNS]
         dupes = sorted({c for c in header if header.count(c) > 1})
         if missing or extra or dupes:
-            raise ValueError(f"{path}: events schema mismatch; missing columns {missing}, unexpected columns "
-                             f"{extra}, duplicated columns {dupes}")
+            raise ValueError(
+                f"{path}: events schema mismatch; missing columns {missing}, unexpected columns "
+                f"{extra}, duplicated columns {dupes}"
+            )
         columns: dict[str, list] = {c: [] for c in header}
         for line, row in enumerate(reader, start=2):
             if len(row) != len(header):
@@ -108,6 +137,7 @@ def write_original_csv(df: pl.DataFrame, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # seed-compatible tables
 
+
 def _ordered(present: Sequence[str], config: Sequence[str] | None) -> list[str]:
     """Configured values that occur, in config order, then unconfigured ones (sorted)."""
     seen = set(present)
@@ -122,8 +152,13 @@ def _n(df: pl.DataFrame, col: str, value: bool = True) -> int:
 
 def _group(df: pl.DataFrame, count_key: str) -> dict:
     total, bt, correct = df.height, _n(df, BT), _n(df, OK)
-    return {"total": total, count_key: bt, "backtracking_rate": bt / total if total else 0,
-            "correct": correct, "accuracy": correct / total if total else 0}
+    return {
+        "total": total,
+        count_key: bt,
+        "backtracking_rate": bt / total if total else 0,
+        "correct": correct,
+        "accuracy": correct / total if total else 0,
+    }
 
 
 def _top_level(df: pl.DataFrame) -> dict:
@@ -148,18 +183,23 @@ def _top_level(df: pl.DataFrame) -> dict:
 
 
 def _by(df: pl.DataFrame, col: str, order: Sequence[str] | None, count_key: str) -> dict:
-    return {v: _group(df.filter(pl.col(col) == v), count_key)
-            for v in _ordered(df[col].unique().to_list(), order)}
+    return {
+        v: _group(df.filter(pl.col(col) == v), count_key) for v in _ordered(df[col].unique().to_list(), order)
+    }
 
 
-def summary(df: pl.DataFrame, variants: Sequence[str] | None = None,
-            conditions: Sequence[str] | None = None) -> dict:
+def summary(
+    df: pl.DataFrame, variants: Sequence[str] | None = None, conditions: Sequence[str] | None = None
+) -> dict:
     """summary_metrics.json (spec 3.1) over the rows of ``df``; {"error": "no events"} when empty,
     like the original. Groups in config order (unconfigured values after, sorted)."""
     if df.height == 0:
         return {"error": "no events"}
-    return {**_top_level(df), "by_variant": _by(df, "variant", variants, "backtracking_strict"),
-            "by_condition": _by(df, "condition", conditions, "backtracking_strict")}
+    return {
+        **_top_level(df),
+        "by_variant": _by(df, "variant", variants, "backtracking_strict"),
+        "by_condition": _by(df, "condition", conditions, "backtracking_strict"),
+    }
 
 
 def summary_metrics(df: pl.DataFrame, variants: list[str], conditions: list[str]) -> dict:
@@ -167,20 +207,41 @@ def summary_metrics(df: pl.DataFrame, variants: list[str], conditions: list[str]
     return summary(df, variants, conditions)
 
 
-CONDITION_SCHEMA = {"variant": pl.String, "condition": pl.String, "total": pl.Int64,
-                    "backtracking_count": pl.Int64, "backtracking_rate": pl.Float64, "accuracy": pl.Float64}
-FORMATTING_SCHEMA = {"variant": pl.String, "total": pl.Int64, "backtracking_count": pl.Int64,
-                     "backtracking_rate": pl.Float64, "accuracy": pl.Float64}
+CONDITION_SCHEMA = {
+    "variant": pl.String,
+    "condition": pl.String,
+    "total": pl.Int64,
+    "backtracking_count": pl.Int64,
+    "backtracking_rate": pl.Float64,
+    "accuracy": pl.Float64,
+}
+FORMATTING_SCHEMA = {
+    "variant": pl.String,
+    "total": pl.Int64,
+    "backtracking_count": pl.Int64,
+    "backtracking_rate": pl.Float64,
+    "accuracy": pl.Float64,
+}
 
 
 def condition_comparison(df: pl.DataFrame, variant: str, conditions: list[str]) -> pl.DataFrame:
     """P1.9 condition_comparison.csv: one row per condition of ``variant`` (accuracy = correct / total)."""
     rows = df.filter(pl.col("variant") == variant)
     by = summary(rows, None, conditions).get("by_condition", {})
-    return pl.DataFrame([{"variant": variant, "condition": c, "total": s["total"],
-                          "backtracking_count": s["backtracking_strict"],
-                          "backtracking_rate": s["backtracking_rate"], "accuracy": s["accuracy"]}
-                         for c, s in by.items()], schema=CONDITION_SCHEMA)
+    return pl.DataFrame(
+        [
+            {
+                "variant": variant,
+                "condition": c,
+                "total": s["total"],
+                "backtracking_count": s["backtracking_strict"],
+                "backtracking_rate": s["backtracking_rate"],
+                "accuracy": s["accuracy"],
+            }
+            for c, s in by.items()
+        ],
+        schema=CONDITION_SCHEMA,
+    )
 
 
 def formatting_summary(df: pl.DataFrame, variants: list[str]) -> pl.DataFrame:
@@ -191,9 +252,15 @@ def formatting_summary(df: pl.DataFrame, variants: list[str]) -> pl.DataFrame:
         rows = df.filter((pl.col("variant") == v) & (pl.col("condition") == "baseline"))
         if rows.height:
             s = _top_level(rows)
-            out.append({"variant": v, "total": s["total_samples"],
-                        "backtracking_count": s["backtracking_strict_count"],
-                        "backtracking_rate": s["backtracking_strict_rate"], "accuracy": s["accuracy"]})
+            out.append(
+                {
+                    "variant": v,
+                    "total": s["total_samples"],
+                    "backtracking_count": s["backtracking_strict_count"],
+                    "backtracking_rate": s["backtracking_strict_rate"],
+                    "accuracy": s["accuracy"],
+                }
+            )
     return pl.DataFrame(out, schema=FORMATTING_SCHEMA)
 
 
@@ -214,22 +281,35 @@ def metrics_v2(df: pl.DataFrame, variants: list[str], conditions: list[str], var
             "accuracy_lift_ratio": acc_bt / acc_nb if both and acc_nb > 0 else None,
             "accuracy_difference": acc_bt - acc_nb if both else None,
         }
-        formatting = {"baseline_only": True,
-                      "by_variant": _by(base, "variant", variants, "backtracking_count")}
+        formatting = {
+            "baseline_only": True,
+            "by_variant": _by(base, "variant", variants, "backtracking_count"),
+        }
     else:
         baseline_only = {"error": "no baseline events found"}
         bt_vs_acc = {"error": "no baseline events"}
         formatting = {"error": "no baseline events"}
     rows = df.filter(pl.col("variant") == variant)
-    specific = ({"variant": variant, "total": rows.height,
-                 "by_condition": _by(rows, "condition", conditions, "backtracking_count")}
-                if rows.height else {"error": f"no events for variant {variant}"})
-    return {"baseline_only_summary": baseline_only, "backtracking_vs_accuracy": bt_vs_acc,
-            "formatting_effect": formatting, "variant_specific": specific}
+    specific = (
+        {
+            "variant": variant,
+            "total": rows.height,
+            "by_condition": _by(rows, "condition", conditions, "backtracking_count"),
+        }
+        if rows.height
+        else {"error": f"no events for variant {variant}"}
+    )
+    return {
+        "baseline_only_summary": baseline_only,
+        "backtracking_vs_accuracy": bt_vs_acc,
+        "formatting_effect": formatting,
+        "variant_specific": specific,
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # corrected metrics
+
 
 def _num(x: float | None) -> float | None:
     """JSON-safe number: nan/inf -> None."""
@@ -261,15 +341,26 @@ def _corrected_block(rows: pl.DataFrame, seed: int, n_boot: int) -> dict:
         "unknown": n - k_ok - _n(rows, OK, False),
         "accuracy_with_backtracking": _rate(ok_bt, k_bt),
         "accuracy_without_backtracking": _rate(ok_nb, n - k_bt),
-        "accuracy_difference": {"estimate": _num(diff), "ci95": _interval(
-            cluster_bootstrap(problems, [bt, ok], accuracy_difference, n_boot, seed))},
-        "accuracy_lift": {"estimate": _num(lift), "ci95": _interval(
-            cluster_bootstrap(problems, [bt, ok], accuracy_lift, n_boot, seed))},
+        "accuracy_difference": {
+            "estimate": _num(diff),
+            "ci95": _interval(cluster_bootstrap(problems, [bt, ok], accuracy_difference, n_boot, seed)),
+        },
+        "accuracy_lift": {
+            "estimate": _num(lift),
+            "ci95": _interval(cluster_bootstrap(problems, [bt, ok], accuracy_lift, n_boot, seed)),
+        },
     }
 
 
-def corrected_metrics(df: pl.DataFrame, variants: list[str], conditions: list[str], regraded: bool, seed: int,
-                      original: pl.DataFrame | None = None, n_boot: int = 2000) -> dict:
+def corrected_metrics(
+    df: pl.DataFrame,
+    variants: list[str],
+    conditions: list[str],
+    regraded: bool,
+    seed: int,
+    original: pl.DataFrame | None = None,
+    n_boot: int = 2000,
+) -> dict:
     """Baseline-only metrics with one accuracy denominator and intervals, beside the original headline.
 
     ``df`` has the 17 event columns filled from the chosen detection/grading modes; ``regraded`` says
@@ -279,16 +370,19 @@ def corrected_metrics(df: pl.DataFrame, variants: list[str], conditions: list[st
     present condition (so ablation cells are not compared with other variants' baselines)."""
     base = df.filter(pl.col("condition") == "baseline")
     overall = _corrected_block(base, seed, n_boot)
-    by_variant = {v: _corrected_block(base.filter(pl.col("variant") == v), seed, n_boot)
-                  for v in _ordered(base["variant"].unique().to_list(), variants)}
+    by_variant = {
+        v: _corrected_block(base.filter(pl.col("variant") == v), seed, n_boot)
+        for v in _ordered(base["variant"].unique().to_list(), variants)
+    }
     present = _ordered(df["condition"].unique().to_list(), conditions)
     common = set(df["variant"].unique().to_list())
     for c in present:
         common &= set(df.filter(pl.col("condition") == c)["variant"].unique().to_list())
     common_variants = _ordered(list(common), variants)
     cells = df.filter(pl.col("variant").is_in(common_variants))
-    by_condition = {c: _corrected_block(cells.filter(pl.col("condition") == c), seed, n_boot)
-                    for c in present}
+    by_condition = {
+        c: _corrected_block(cells.filter(pl.col("condition") == c), seed, n_boot) for c in present
+    }
 
     orig = (original if original is not None else df).filter(pl.col("condition") == "baseline")
     orig_bt = orig.filter(pl.col(BT).fill_null(False))
@@ -299,13 +393,18 @@ def corrected_metrics(df: pl.DataFrame, variants: list[str], conditions: list[st
     return {
         "scope": "baseline condition only (by_condition: every condition on by_condition_variants)",
         "accuracy_denominator": "all rows: accuracy = correct / n; an unanswered or ungradable completion "
-                                "(is_correct null) counts as not correct",
-        "interval_methods": {"rates": "Wilson score 95%",
-                             "difference_and_lift": f"percentile 95%, bootstrap over problems (example_id), "
-                                                    f"{n_boot} replicates, seed {seed}"},
+        "(is_correct null) counts as not correct",
+        "interval_methods": {
+            "rates": "Wilson score 95%",
+            "difference_and_lift": f"percentile 95%, bootstrap over problems (example_id), "
+            f"{n_boot} replicates, seed {seed}",
+        },
         "regraded": regraded,
-        "grading_source": ("stored predicted_answer strings re-graded with the corrected grader"
-                           if regraded else "is_correct as given"),
+        "grading_source": (
+            "stored predicted_answer strings re-graded with the corrected grader"
+            if regraded
+            else "is_correct as given"
+        ),
         "overall": overall,
         "by_variant": by_variant,
         "by_condition_variants": common_variants,
@@ -335,5 +434,6 @@ def regrade_predictions(df: pl.DataFrame, golds: Mapping[int, str] | Mapping[str
         g = grade(p, gold, "corrected") if p is not None else None
         out_pred.append(g.prediction if g else None)
         out_ok.append(g.correct if g else None)
-    return df.with_columns(pl.Series("predicted_answer", out_pred, pl.String),
-                           pl.Series("is_correct", out_ok, pl.Boolean))
+    return df.with_columns(
+        pl.Series("predicted_answer", out_pred, pl.String), pl.Series("is_correct", out_ok, pl.Boolean)
+    )

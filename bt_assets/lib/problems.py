@@ -67,21 +67,34 @@ def load_jsonl(path: str | Path) -> pl.DataFrame:
 # ------------------------------------------------------------------------------------------ HF datasets
 
 
-def load_hf(dataset_id: str, config: str | None, split: str, n: int, shuffle: bool,
-            seed: int) -> pl.DataFrame:
+def load_hf(
+    dataset_id: str, config: str | None, split: str, n: int, shuffle: bool, seed: int
+) -> pl.DataFrame:
     """First ``n`` rows of an HF split, after ``Dataset.shuffle(seed=seed)`` if asked; id = position."""
     try:
         import datasets
     except ImportError as e:
-        raise RuntimeError("dataset.source 'hf' needs the `datasets` library: `pip install datasets` (or "
-                           "`pip install -e .[hf]`), or use dataset.source 'jsonl' with a local file") from e
-    ds = datasets.load_dataset(dataset_id, config, split=split) if config else \
-        datasets.load_dataset(dataset_id, split=split)
+        raise RuntimeError(
+            "dataset.source 'hf' needs the `datasets` library: `pip install datasets` (or "
+            "`pip install -e .[hf]`), or use dataset.source 'jsonl' with a local file"
+        ) from e
+    ds = (
+        datasets.load_dataset(dataset_id, config, split=split)
+        if config
+        else datasets.load_dataset(dataset_id, split=split)
+    )
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.select(range(min(n, len(ds))))
-    rows = [{"id": i, "question": r["question"], "answer": r["answer"],
-             "answer_value": gold_from_rationale(r["answer"])} for i, r in enumerate(ds)]
+    rows = [
+        {
+            "id": i,
+            "question": r["question"],
+            "answer": r["answer"],
+            "answer_value": gold_from_rationale(r["answer"]),
+        }
+        for i, r in enumerate(ds)
+    ]
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)
 
 
@@ -90,6 +103,7 @@ def load_hf(dataset_id: str, config: str | None, split: str, n: int, shuffle: bo
 
 def calc(expr: str) -> int:
     """Exact value of an integer ``+ - * /`` expression; raises if it is not a non-negative integer."""
+
     def ev(node: ast.AST) -> Fraction:
         if isinstance(node, ast.Constant) and type(node.value) is int:
             return Fraction(node.value)
@@ -104,8 +118,10 @@ def calc(expr: str) -> int:
 
 
 _OPS: dict[type, Callable[[Fraction, Fraction], Fraction]] = {
-    ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
-    ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b,
+    ast.Add: lambda a, b: a + b,
+    ast.Sub: lambda a, b: a - b,
+    ast.Mult: lambda a, b: a * b,
+    ast.Div: lambda a, b: a / b,
 }
 
 
@@ -129,12 +145,24 @@ class Person:
 
 
 PEOPLE = (
-    Person("Amara", "she", "her"), Person("Diego", "he", "his"), Person("Priya", "she", "her"),
-    Person("Kenji", "he", "his"), Person("Fatima", "she", "her"), Person("Lars", "he", "his"),
-    Person("Mei", "she", "her"), Person("Tomasz", "he", "his"), Person("Zanele", "she", "her"),
-    Person("Omar", "he", "his"), Person("Ines", "she", "her"), Person("Rafael", "he", "his"),
-    Person("Yuki", "she", "her"), Person("Kwame", "he", "his"), Person("Sofia", "she", "her"),
-    Person("Arjun", "he", "his"), Person("Noor", "she", "her"), Person("Elif", "she", "her"),
+    Person("Amara", "she", "her"),
+    Person("Diego", "he", "his"),
+    Person("Priya", "she", "her"),
+    Person("Kenji", "he", "his"),
+    Person("Fatima", "she", "her"),
+    Person("Lars", "he", "his"),
+    Person("Mei", "she", "her"),
+    Person("Tomasz", "he", "his"),
+    Person("Zanele", "she", "her"),
+    Person("Omar", "he", "his"),
+    Person("Ines", "she", "her"),
+    Person("Rafael", "he", "his"),
+    Person("Yuki", "she", "her"),
+    Person("Kwame", "he", "his"),
+    Person("Sofia", "she", "her"),
+    Person("Arjun", "he", "his"),
+    Person("Noor", "she", "her"),
+    Person("Elif", "she", "her"),
 )
 
 Template = Callable[[random.Random, Person, _Work], str]
@@ -149,22 +177,32 @@ def _shopping(r: random.Random, p: Person, w: _Work) -> str:
     denom = r.choice([20, 50, 100])
     bill = (total // denom + 1) * denom
     w.step("The change is", f"{bill}-{total}")
-    return (f"{p.name} buys {a} {i1} for ${pa} each and {b} {i2} for ${pb} each. {p.subj.capitalize()} pays "
-            f"with ${bill}. How many dollars of change does {p.name} get back?")
+    return (
+        f"{p.name} buys {a} {i1} for ${pa} each and {b} {i2} for ${pb} each. {p.subj.capitalize()} pays "
+        f"with ${bill}. How many dollars of change does {p.name} get back?"
+    )
 
 
 def _travel(r: random.Random, p: Person, w: _Work) -> str:
-    verb, unit, lo, hi = r.choice([("drives", "miles", 35, 65), ("cycles", "kilometers", 10, 24),
-                                   ("rides a train", "kilometers", 60, 120), ("walks", "kilometers", 3, 6)])
+    verb, unit, lo, hi = r.choice(
+        [
+            ("drives", "miles", 35, 65),
+            ("cycles", "kilometers", 10, 24),
+            ("rides a train", "kilometers", 60, 120),
+            ("walks", "kilometers", 3, 6),
+        ]
+    )
     s1, h1, s2, h2 = r.randint(lo, hi), r.randint(2, 5), r.randint(lo, hi), r.randint(1, 4)
     d1 = w.step("First leg", f"{s1}*{h1}")
     d2 = w.step("Second leg", f"{s2}*{h2}")
     done = w.step("Distance covered", f"{d1}+{d2}")
     goal = done + r.randint(5, 120)
     w.step("Distance left", f"{goal}-{done}")
-    return (f"{p.name} {verb} at {s1} {unit} per hour for {h1} hours, takes a break, then continues at {s2} "
-            f"{unit} per hour for {h2} hours. {p.poss.capitalize()} destination is {goal} {unit} from the "
-            f"start. How many {unit} are still left to go?")
+    return (
+        f"{p.name} {verb} at {s1} {unit} per hour for {h1} hours, takes a break, then continues at {s2} "
+        f"{unit} per hour for {h2} hours. {p.poss.capitalize()} destination is {goal} {unit} from the "
+        f"start. How many {unit} are still left to go?"
+    )
 
 
 def _baking(r: random.Random, p: Person, w: _Work) -> str:
@@ -180,25 +218,31 @@ def _baking(r: random.Random, p: Person, w: _Work) -> str:
     sold = w.step("Sold at the market", f"{total}*{pct}/100")
     rest = w.step("Left over", f"{total}-{sold}")
     w.step("Each friend gets", f"{rest}/{k}")
-    return (f"{p.name} bakes {trays} trays of {goods} with {per} on each tray. {p.subj.capitalize()} sells "
-            f"{pct}% of them at the market and shares the rest equally among {k} friends. How many {goods} "
-            f"does each friend get?")
+    return (
+        f"{p.name} bakes {trays} trays of {goods} with {per} on each tray. {p.subj.capitalize()} sells "
+        f"{pct}% of them at the market and shares the rest equally among {k} friends. How many {goods} "
+        f"does each friend get?"
+    )
 
 
 def _savings(r: random.Random, p: Person, w: _Work) -> str:
     start, earn, weeks = r.randint(0, 60), r.randint(12, 40), r.randint(3, 12)
     spend = r.randint(2, earn - 5)
-    chore, treat = r.choice(["walking dogs", "mowing lawns", "tutoring", "washing cars"]), \
-        r.choice(["snacks", "bus fares", "comics", "music"])
+    chore, treat = (
+        r.choice(["walking dogs", "mowing lawns", "tutoring", "washing cars"]),
+        r.choice(["snacks", "bus fares", "comics", "music"]),
+    )
     net = w.step("Saved per week", f"{earn}-{spend}")
     saved = w.step(f"Saved in {weeks} weeks", f"{net}*{weeks}")
     have = w.step("Money before the purchase", f"{start}+{saved}")
     cost = r.randint(10, have)
     thing = r.choice(["bike helmet", "guitar", "skateboard", "camera", "tent"])
     w.step("Money left", f"{have}-{cost}")
-    return (f"{p.name} has ${start} saved. Each week {p.subj} earns ${earn} {chore} and spends ${spend} "
-            f"of it on {treat}. After {weeks} weeks {p.subj} buys a {thing} for ${cost}. How many dollars "
-            f"does {p.name} have left?")
+    return (
+        f"{p.name} has ${start} saved. Each week {p.subj} earns ${earn} {chore} and spends ${spend} "
+        f"of it on {treat}. After {weeks} weeks {p.subj} buys a {thing} for ${cost}. How many dollars "
+        f"does {p.name} have left?"
+    )
 
 
 def _classroom(r: random.Random, p: Person, w: _Work) -> str:
@@ -212,9 +256,11 @@ def _classroom(r: random.Random, p: Person, w: _Work) -> str:
     total = w.step("Students in the school", f"{classes}*{size}")
     trip = w.step("Students on the trip", f"{total}*{pct}/100")
     w.step("Vans needed", f"{trip}/{cap}")
-    return (f"A school has {classes} classes with {size} students in each. {pct}% of the students sign up "
-            f"for a museum trip organised by {p.name}. Each van carries exactly {cap} students and every van "
-            f"is full. How many vans are needed?")
+    return (
+        f"A school has {classes} classes with {size} students in each. {pct}% of the students sign up "
+        f"for a museum trip organised by {p.name}. Each van carries exactly {cap} students and every van "
+        f"is full. How many vans are needed?"
+    )
 
 
 def _garden(r: random.Random, p: Person, w: _Work) -> str:
@@ -225,15 +271,23 @@ def _garden(r: random.Random, p: Person, w: _Work) -> str:
         gift = r.randint(1, total // 3)
         if (total - gift) % bag == 0:
             break
-    plant, crop = r.choice([("tomato plants", "tomatoes"), ("pepper plants", "peppers"),
-                            ("bean plants", "pods"), ("strawberry plants", "strawberries")])
+    plant, crop = r.choice(
+        [
+            ("tomato plants", "tomatoes"),
+            ("pepper plants", "peppers"),
+            ("bean plants", "pods"),
+            ("strawberry plants", "strawberries"),
+        ]
+    )
     plants = w.step("Number of plants", f"{rows}*{per}")
     crop_n = w.step(f"Number of {crop}", f"{plants}*{yld}")
     rest = w.step("Kept after the gift", f"{crop_n}-{gift}")
     w.step("Bags filled", f"{rest}/{bag}")
-    return (f"{p.name} plants {rows} rows of {per} {plant}. Each plant gives {yld} {crop}. "
-            f"{p.subj.capitalize()} gives {gift} {crop} to a neighbour and packs the rest into bags of "
-            f"{bag}. How many bags does {p.subj} fill?")
+    return (
+        f"{p.name} plants {rows} rows of {per} {plant}. Each plant gives {yld} {crop}. "
+        f"{p.subj.capitalize()} gives {gift} {crop} to a neighbour and packs the rest into bags of "
+        f"{bag}. How many bags does {p.subj} fill?"
+    )
 
 
 def _factory(r: random.Random, p: Person, w: _Work) -> str:
@@ -247,9 +301,11 @@ def _factory(r: random.Random, p: Person, w: _Work) -> str:
     daily = w.step("Made per day", f"{hourly}*{hours}")
     bad = w.step("Defective", f"{daily}*{pct}/100")
     w.step("Good items", f"{daily}-{bad}")
-    return (f"A factory managed by {p.name} has {machines} machines that each make {rate} {product} per "
-            f"hour. The factory runs {hours} hours a day and {pct}% of the {product} are defective. How many "
-            f"good {product} does it make in one day?")
+    return (
+        f"A factory managed by {p.name} has {machines} machines that each make {rate} {product} per "
+        f"hour. The factory runs {hours} hours a day and {pct}% of the {product} are defective. How many "
+        f"good {product} does it make in one day?"
+    )
 
 
 def _tickets(r: random.Random, p: Person, w: _Work) -> str:
@@ -259,18 +315,25 @@ def _tickets(r: random.Random, p: Person, w: _Work) -> str:
     half = w.step("A child ticket costs", f"{price}/2")
     from_kids = w.step("Child tickets bring in", f"{kids}*{half}")
     w.step("Total sales", f"{from_adults}+{from_kids}")
-    return (f"On Saturday the {venue} where {p.name} works sells {adults} adult tickets at ${price} each and "
-            f"{kids} child tickets at half the adult price. How many dollars do the ticket sales bring in?")
+    return (
+        f"On Saturday the {venue} where {p.name} works sells {adults} adult tickets at ${price} each and "
+        f"{kids} child tickets at half the adult price. How many dollars do the ticket sales bring in?"
+    )
 
 
 def _unit_price(r: random.Random, p: Person, w: _Work) -> str:
-    item, k, unit = r.choice(["markers", "batteries", "light bulbs", "seed packets"]), r.randint(3, 12), \
-        r.randint(1, 9)
+    item, k, unit = (
+        r.choice(["markers", "batteries", "light bulbs", "seed packets"]),
+        r.randint(3, 12),
+        r.randint(1, 9),
+    )
     need, fee = r.randint(5, 60), r.choice([0, 0, 3, 5, 8])
     each = w.step(f"One of the {item} costs", f"{k * unit}/{k}")
     cost = w.step(f"{need} {item} cost", f"{each}*{need}")
-    q = (f"A shop sells {item} in packs of {k} for ${k * unit}, and also sells them one at a time at the "
-         f"same price per item. {p.name} buys {need} {item}")
+    q = (
+        f"A shop sells {item} in packs of {k} for ${k * unit}, and also sells them one at a time at the "
+        f"same price per item. {p.name} buys {need} {item}"
+    )
     if fee:
         w.step("With delivery", f"{cost}+{fee}")
         return q + f" and pays ${fee} for delivery. How many dollars does {p.subj} spend in total?"
@@ -284,8 +347,10 @@ def _reading(r: random.Random, p: Person, w: _Work) -> str:
     we = w.step("Weekend pages per week", f"2*{weekend}")
     per_week = w.step("Pages per week", f"{wd}+{we}")
     w.step("Weeks to finish", f"{pages}/{per_week}")
-    return (f"{p.name} reads {weekday} pages every weekday and {weekend} pages on each day of the weekend. "
-            f"How many weeks does it take {p.poss} to read a {pages}-page book?")
+    return (
+        f"{p.name} reads {weekday} pages every weekday and {weekend} pages on each day of the weekend. "
+        f"How many weeks does it take {p.poss} to read a {pages}-page book?"
+    )
 
 
 def _fuel(r: random.Random, p: Person, w: _Work) -> str:
@@ -294,9 +359,11 @@ def _fuel(r: random.Random, p: Person, w: _Work) -> str:
     there = w.step("Round trip", f"2*{miles}")
     gallons = w.step("Gallons used", f"{there}/{mpg}")
     w.step("Fuel cost", f"{gallons}*{price}")
-    return (f"{p.name}'s van goes {mpg} miles on one gallon of fuel, and fuel costs ${price} per gallon. "
-            f"{p.subj.capitalize()} drives to a lake {miles} miles away and back. How many dollars does the "
-            f"fuel for the trip cost?")
+    return (
+        f"{p.name}'s van goes {mpg} miles on one gallon of fuel, and fuel costs ${price} per gallon. "
+        f"{p.subj.capitalize()} drives to a lake {miles} miles away and back. How many dollars does the "
+        f"fuel for the trip cost?"
+    )
 
 
 def _discount(r: random.Random, p: Person, w: _Work) -> str:
@@ -308,14 +375,25 @@ def _discount(r: random.Random, p: Person, w: _Work) -> str:
     off = w.step("The discount per item", f"{price}*{pct}/100")
     sale = w.step("Sale price", f"{price}-{off}")
     w.step(f"{qty} {thing} cost", f"{qty}*{sale}")
-    return (f"A store sells {thing} for ${price} each. This week they are {pct}% off. {p.name} buys {qty} "
-            f"{thing}. How many dollars does {p.subj} pay?")
+    return (
+        f"A store sells {thing} for ${price} each. This week they are {pct}% off. {p.name} buys {qty} "
+        f"{thing}. How many dollars does {p.subj} pay?"
+    )
 
 
 TEMPLATES: dict[str, Template] = {
-    "shopping": _shopping, "travel": _travel, "baking": _baking, "savings": _savings,
-    "classroom": _classroom, "garden": _garden, "factory": _factory, "tickets": _tickets,
-    "unit_price": _unit_price, "reading": _reading, "fuel": _fuel, "discount": _discount,
+    "shopping": _shopping,
+    "travel": _travel,
+    "baking": _baking,
+    "savings": _savings,
+    "classroom": _classroom,
+    "garden": _garden,
+    "factory": _factory,
+    "tickets": _tickets,
+    "unit_price": _unit_price,
+    "reading": _reading,
+    "fuel": _fuel,
+    "discount": _discount,
 }
 
 
@@ -344,6 +422,8 @@ def synthetic_rows(n: int, seed: int) -> list[SyntheticProblem]:
 
 def synthetic_problems(n: int, seed: int) -> pl.DataFrame:
     """Deterministic synthetic word problems (2-4 steps) with GSM8K-style rationales; ids 0..n-1."""
-    rows = [{"id": i, "question": p.question, "answer": p.answer, "answer_value": p.answer_value}
-            for i, p in enumerate(synthetic_rows(n, seed))]
+    rows = [
+        {"id": i, "question": p.question, "answer": p.answer, "answer_value": p.answer_value}
+        for i, p in enumerate(synthetic_rows(n, seed))
+    ]
     return pl.DataFrame(rows, schema=PROBLEM_SCHEMA)

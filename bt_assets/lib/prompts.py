@@ -33,8 +33,13 @@ from typing import Literal
 import polars as pl
 
 Mode = Literal["seed_compatible", "corrected"]
-PROMPT_TABLE_SCHEMA = {"variant": pl.String, "example_id": pl.Int64, "prompt": pl.String,
-                       "prompt_tokens": pl.Int64, "prompt_hash": pl.String}
+PROMPT_TABLE_SCHEMA = {
+    "variant": pl.String,
+    "example_id": pl.Int64,
+    "prompt": pl.String,
+    "prompt_tokens": pl.Int64,
+    "prompt_hash": pl.String,
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,10 @@ class PromptStyle:
             raise ValueError("prompt template must contain '{question}'")
         has_think = "{think_open}" in self.template or "{think_close}" in self.template
         if self.mode == "seed_compatible" and has_think:
-            raise ValueError("{think_open}/{think_close} placeholders need mode 'corrected' (the original "
-                             "never inserted think strings)")
+            raise ValueError(
+                "{think_open}/{think_close} placeholders need mode 'corrected' (the original "
+                "never inserted think strings)"
+            )
 
 
 def prompt_hash(prompt: str) -> str:
@@ -103,8 +110,13 @@ def render_prompt(question: str, variant: Variant, style: PromptStyle, tokenizer
     return text
 
 
-def prompt_table(problems: pl.DataFrame, variants: Sequence[Variant], style: PromptStyle, tokenizer=None,
-                 add_special_tokens: bool = True) -> pl.DataFrame:
+def prompt_table(
+    problems: pl.DataFrame,
+    variants: Sequence[Variant],
+    style: PromptStyle,
+    tokenizer=None,
+    add_special_tokens: bool = True,
+) -> pl.DataFrame:
     """One row per (variant, problem) in the given orders: variant, example_id, prompt, prompt_tokens, hash.
 
     ``prompt_tokens`` = ``len(tokenizer(prompt, add_special_tokens=...))``, the sequence the model sees
@@ -120,8 +132,13 @@ def prompt_table(problems: pl.DataFrame, variants: Sequence[Variant], style: Pro
     counts: list[int | None] = [None] * len(prompts)
     if tokenizer is not None and prompts:
         counts = [len(x) for x in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
-    cols = {"variant": [r[0] for r in rows], "example_id": [r[1] for r in rows], "prompt": prompts,
-            "prompt_tokens": counts, "prompt_hash": [prompt_hash(p) for p in prompts]}
+    cols = {
+        "variant": [r[0] for r in rows],
+        "example_id": [r[1] for r in rows],
+        "prompt": prompts,
+        "prompt_tokens": counts,
+        "prompt_hash": [prompt_hash(p) for p in prompts],
+    }
     return pl.DataFrame(cols, schema=PROMPT_TABLE_SCHEMA)
 
 
@@ -131,4 +148,4 @@ def identical_variant_pairs(table: pl.DataFrame) -> list[tuple[str, str]]:
     for v, i, p in table.select("variant", "example_id", "prompt").iter_rows():
         by_variant.setdefault(v, {})[i] = p
     names = list(by_variant)
-    return [(a, b) for k, a in enumerate(names) for b in names[k + 1:] if by_variant[a] == by_variant[b]]
+    return [(a, b) for k, a in enumerate(names) for b in names[k + 1 :] if by_variant[a] == by_variant[b]]

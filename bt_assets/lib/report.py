@@ -60,19 +60,27 @@ def lift_finding(s: Mapping[str, float | None], original_lift: float | None) -> 
     if not s["n"]:
         return "No baseline completions: nothing to say about accuracy and backtracking."
     lift, lo, hi = s["lift"], s["lift_lo"], s["lift_hi"]
-    base = (f"Among {s['n']} baseline completions, accuracy is {pct(s['acc_with_bt'])} with backtracking "
-            f"and {pct(s['acc_without_bt'])} without")
+    base = (
+        f"Among {s['n']} baseline completions, accuracy is {pct(s['acc_with_bt'])} with backtracking "
+        f"and {pct(s['acc_without_bt'])} without"
+    )
     if lift is None:
         return base + "; the lift is undefined (no correct completion without backtracking)."
     if ci_excludes(lo, hi, 1.0):
         verdict = "higher" if lift > 1 else "lower"
-        text = (f"{base}: a lift of {lift:.2f}x (95% problem-bootstrap interval {lo:.2f}-{hi:.2f}); "
-                f"completions that backtrack are {verdict} in accuracy and the interval excludes 1.")
+        text = (
+            f"{base}: a lift of {lift:.2f}x (95% problem-bootstrap interval {lo:.2f}-{hi:.2f}); "
+            f"completions that backtrack are {verdict} in accuracy and the interval excludes 1."
+        )
     else:
-        text = (f"{base}: a lift of {lift:.2f}x whose 95% interval ({num(lo)}-{num(hi)}) includes 1, so these "
-                "data do not show that backtracking completions are more (or less) accurate.")
+        text = (
+            f"{base}: a lift of {lift:.2f}x whose 95% interval ({num(lo)}-{num(hi)}) includes 1, so these "
+            "data do not show that backtracking completions are more (or less) accurate."
+        )
     if original_lift is not None:
-        text += f" The original pipeline's grader and mixed rows gave {original_lift:.2f}x on the same events."
+        text += (
+            f" The original pipeline's grader and mixed rows gave {original_lift:.2f}x on the same events."
+        )
     return text
 
 
@@ -85,11 +93,15 @@ def lens_finding(lens: pl.DataFrame) -> str:
     n_bt, n_ctl = int(lens["n_bt"][0]), int(lens["n_control"][0])
     if sep.height:
         first = int(sep["layer"].min())
-        return (f"The onset token's logit separates BT events (n={n_bt}) from position-matched controls "
-                f"(n={n_ctl}, scored on the same token) from layer {first} on (non-overlapping 95% intervals "
-                f"in {sep.height} of {lens.height} layers); at the last layer the gap is {gap:.2f} logits.")
-    return (f"BT events (n={n_bt}) and controls (n={n_ctl}) are not separated at any layer by their 95% "
-            f"intervals; the last-layer gap is {gap:.2f} logits.")
+        return (
+            f"The onset token's logit separates BT events (n={n_bt}) from position-matched controls "
+            f"(n={n_ctl}, scored on the same token) from layer {first} on (non-overlapping 95% intervals "
+            f"in {sep.height} of {lens.height} layers); at the last layer the gap is {gap:.2f} logits."
+        )
+    return (
+        f"BT events (n={n_bt}) and controls (n={n_ctl}) are not separated at any layer by their 95% "
+        f"intervals; the last-layer gap is {gap:.2f} logits."
+    )
 
 
 def scan_finding(scan: pl.DataFrame, selected: Mapping[str, Sequence[int]]) -> str:
@@ -99,15 +111,23 @@ def scan_finding(scan: pl.DataFrame, selected: Mapping[str, Sequence[int]]) -> s
     top = scan.sort("delta_logit_mean").head(3)
     parts = []
     for r in top.iter_rows(named=True):
-        sig = "interval excludes 0" if ci_excludes(r["delta_logit_ci_low"], r["delta_logit_ci_high"], 0) \
+        sig = (
+            "interval excludes 0"
+            if ci_excludes(r["delta_logit_ci_low"], r["delta_logit_ci_high"], 0)
             else "interval includes 0"
-        parts.append(f"{r['component']} {r['layer']} ({r['delta_logit_mean']:+.2f} logits, "
-                     f"{r['delta_logprob_mean']:+.2f} log-prob; {sig})")
+        )
+        parts.append(
+            f"{r['component']} {r['layer']} ({r['delta_logit_mean']:+.2f} logits, "
+            f"{r['delta_logprob_mean']:+.2f} log-prob; {sig})"
+        )
     pos = scan.sort("delta_logit_mean", descending=True).row(0, named=True)
-    return (f"Zeroing one component at the prediction position lowers the onset token most for "
-            f"{'; '.join(parts)} (n={int(scan['n_events'][0])} events). The largest increase is "
-            f"{pos['component']} {pos['layer']} ({pos['delta_logit_mean']:+.2f}). Selected layers: "
-            + ", ".join(f"{k} {list(v)}" for k, v in selected.items()) + ".")
+    return (
+        f"Zeroing one component at the prediction position lowers the onset token most for "
+        f"{'; '.join(parts)} (n={int(scan['n_events'][0])} events). The largest increase is "
+        f"{pos['component']} {pos['layer']} ({pos['delta_logit_mean']:+.2f}). Selected layers: "
+        + ", ".join(f"{k} {list(v)}" for k, v in selected.items())
+        + "."
+    )
 
 
 def condition_finding(rates: pl.DataFrame) -> str:
@@ -119,12 +139,17 @@ def condition_finding(rates: pl.DataFrame) -> str:
     for cond, r in rows.items():
         if cond == "baseline" or not r["n"]:
             continue
-        out.append(f"{cond}: BT {pct(r['bt_rate'])} ({100 * (r['bt_rate'] - base['bt_rate']):+.1f} points), "
-                   f"accuracy {pct(r['accuracy'])} ({100 * (r['accuracy'] - base['accuracy']):+.1f} points)")
+        out.append(
+            f"{cond}: BT {pct(r['bt_rate'])} ({100 * (r['bt_rate'] - base['bt_rate']):+.1f} points), "
+            f"accuracy {pct(r['accuracy'])} ({100 * (r['accuracy'] - base['accuracy']):+.1f} points)"
+        )
     if not out:
         return f"Only the baseline condition was generated (BT {pct(base['bt_rate'])})."
-    return (f"Against the baseline (BT {pct(base['bt_rate'])}, accuracy {pct(base['accuracy'])}, n={base['n']}): "
-            + "; ".join(out) + ". A targeted effect is only specific if it exceeds the random-layer control's.")
+    return (
+        f"Against the baseline (BT {pct(base['bt_rate'])}, accuracy {pct(base['accuracy'])}, n={base['n']}): "
+        + "; ".join(out)
+        + ". A targeted effect is only specific if it exceeds the random-layer control's."
+    )
 
 
 def sweep_finding(results: Mapping) -> str:
@@ -135,15 +160,24 @@ def sweep_finding(results: Mapping) -> str:
     for r in results["subset"]:
         if r["subset"] == "baseline":
             continue
-        sig = "" if not ci_excludes(r["delta_bt_lo"], r["delta_bt_hi"], 0) else " (paired interval excludes 0)"
-        lines.append(f"{r['subset']} ({r['num_components']} components): BT {pct(r['bt_rate'])}, "
-                     f"paired change {100 * r['delta_bt']:+.1f} points [{100 * r['delta_bt_lo']:.1f}, "
-                     f"{100 * r['delta_bt_hi']:.1f}]{sig}, accuracy {pct(r['accuracy'])}")
-    text = f"Baseline BT {pct(base['bt_rate'])}, accuracy {pct(base['accuracy'])} (n={base['n']}). " + "; ".join(lines)
+        sig = (
+            "" if not ci_excludes(r["delta_bt_lo"], r["delta_bt_hi"], 0) else " (paired interval excludes 0)"
+        )
+        lines.append(
+            f"{r['subset']} ({r['num_components']} components): BT {pct(r['bt_rate'])}, "
+            f"paired change {100 * r['delta_bt']:+.1f} points [{100 * r['delta_bt_lo']:.1f}, "
+            f"{100 * r['delta_bt_hi']:.1f}]{sig}, accuracy {pct(r['accuracy'])}"
+        )
+    text = (
+        f"Baseline BT {pct(base['bt_rate'])}, accuracy {pct(base['accuracy'])} (n={base['n']}). "
+        + "; ".join(lines)
+    )
     best = results.get("best_tradeoff")
     if best:
-        text += (f". Best trade-off: {best['cell']} cuts BT by {pct(best['relative_bt_reduction'])} (relative) "
-                 f"while keeping accuracy {pct(best['accuracy'])} >= the floor {pct(best['accuracy_floor'])}.")
+        text += (
+            f". Best trade-off: {best['cell']} cuts BT by {pct(best['relative_bt_reduction'])} (relative) "
+            f"while keeping accuracy {pct(best['accuracy'])} >= the floor {pct(best['accuracy_floor'])}."
+        )
     else:
         text += ". No ablated cell keeps accuracy above the configured floor while reducing BT."
     return text
@@ -156,8 +190,12 @@ def scale_finding(results: Mapping) -> str:
     ordered = sorted(rows, key=lambda r: r["scale"])
     mono = all(a["bt_rate"] <= b["bt_rate"] for a, b in zip(ordered, ordered[1:], strict=False))
     span = ", ".join(f"{r['scale']:g} -> {pct(r['bt_rate'])}" for r in ordered)
-    return (f"BT rate by scale: {span}; the dose-response is {'monotone' if mono else 'not monotone'} in the "
-            "scale. Accuracy by scale: " + ", ".join(f"{r['scale']:g} -> {pct(r['accuracy'])}" for r in ordered) + ".")
+    return (
+        f"BT rate by scale: {span}; the dose-response is {'monotone' if mono else 'not monotone'} in the "
+        "scale. Accuracy by scale: "
+        + ", ".join(f"{r['scale']:g} -> {pct(r['accuracy'])}" for r in ordered)
+        + "."
+    )
 
 
 def continuation_finding(summary: pl.DataFrame) -> str:
@@ -165,7 +203,10 @@ def continuation_finding(summary: pl.DataFrame) -> str:
         return "No BT events for the continuation ablation."
     rows = {r["scale"]: r for r in summary.iter_rows(named=True)}
     clean = rows.get(1.0)
-    parts = [f"scale {s:g}: P(onset) {pct(r['p_onset_mean'])}, synonym top-1 {pct(r['synonym_share'])}"
-             for s, r in sorted(rows.items()) if s != 1.0]
+    parts = [
+        f"scale {s:g}: P(onset) {pct(r['p_onset_mean'])}, synonym top-1 {pct(r['synonym_share'])}"
+        for s, r in sorted(rows.items())
+        if s != 1.0
+    ]
     head = f"Clean P(onset) {pct(clean['p_onset_mean'])} (n={clean['n']})" if clean else "No clean row"
     return head + "; " + "; ".join(parts) + "."

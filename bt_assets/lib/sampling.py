@@ -1,70 +1,114 @@
 """Counter-based sampling: a row's random number is a hash of (seed, problem, sample, step).
 
 So a completion does not depend on batch size, batch order or which other rows share its batch, and
-every condition of the same (problem, sample) sees the same random numbers (paired comparisons;
-a scale-1.0 condition reproduces the baseline token for token).
+every condition of the same (problem, sample) sees the same random numbers: conditions are paired, and a
+scale-1.0 condition reproduces the baseline token for token.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
+MASK64 = (1 << 64) - 1
 MASK63 = (1 << 63) - 1
 
 
 def stable_key(x: str | int) -> int:
-    """A deterministic 63-bit key for a problem id (blake2b of its text form)."""
+    """A deterministic 63-bit key for a problem id (blake2b of its text form; 5 and "5" agree)."""
     return int.from_bytes(hashlib.blake2b(str(x).encode(), digest_size=8).digest(), "little") & MASK63
 
 
-def _mix(x: int) -> int:
-    """splitmix64 finaliser on Python ints (exact 64-bit arithmetic)."""
-    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return x ^ (x >> 31)
+def _i64(v: int) -> int:
+    """A Python int taken modulo 2**64, as the int64 with the same bits."""
+    v &= MASK64
+    return v - (1 << 64) if v >> 63 else v
 
 
-def uniform(seed: int, problem_key: int, sample_id: int, step: int) -> float:
-    """U[0,1) from (seed, problem, sample, step): 53 bits of a chained splitmix64 hash."""
-    h = _mix(seed & 0xFFFFFFFFFFFFFFFF)
-    for v in (problem_key, sample_id, step):
-        h = _mix(h ^ (v & 0xFFFFFFFFFFFFFFFF))
-    return (h >> 11) / float(1 << 53)
+def as_int64(values: torch.Tensor | Sequence[int] | int) -> torch.Tensor:
+    """int64 tensor of ``values``; Python ints are wrapped to 64 bits first (keys up to 2**64 are fine)."""
+    if isinstance(values, torch.Tensor):
+        return values.long()
+    if isinstance(values, int):
+        return torch.tensor(_i64(values), dtype=torch.long)
+    return torch.tensor([_i64(int(v)) for v in values], dtype=torch.long)
 
 
-def uniforms(seed: int, problem_keys: list[int], sample_ids: list[int], step: int) -> torch.Tensor:
-    """(B,) float64 uniforms for one decode step (B is a few hundred rows: Python ints are cheap)."""
-    return torch.tensor([uniform(seed, p, s, step) for p, s in zip(problem_keys, sample_ids, strict=True)],
-                        dtype=torch.float64)
+GOLDEN, MIX1, MIX2 = _i64(0x9E3779B97F4A7C15), _i64(0xBF58476D1CE4E5B9), _i64(0x94D049BB133111EB)
 
 
-def sample_logits(logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float,
-                  top_k: int) -> torch.Tensor:
-    """Next token per row by inverse CDF over the nucleus.
+def _shr(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's >> is arithmetic: mask off the sign copies)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
 
-    logits (B, V) -> float32 / temperature; top-k prefilter (``top_k`` = 0: whole vocabulary); sort by
-    probability (ties by token id); keep the smallest prefix whose mass reaches ``top_p`` (at least one
-    token); renormalise; pick the first token whose cumulative mass exceeds ``u``. temperature 0 = argmax.
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser on int64 bit patterns (add/multiply wrap modulo 2**64 in torch)."""
+    x = x + GOLDEN
+    x = (x ^ _shr(x, 30)) * MIX1
+    x = (x ^ _shr(x, 27)) * MIX2
+    return x ^ _shr(x, 31)
+
+
+def uniforms(
+    seed: int,
+    problem_keys: torch.Tensor | Sequence[int],
+    sample_ids: torch.Tensor | Sequence[int],
+    step: int | torch.Tensor,
+) -> torch.Tensor:
+    """(B,) float64 uniforms in [0, 1) for (seed, problem, sample, step), one per row.
+
+    h = mix(mix(mix(mix(seed) ^ problem) ^ sample) ^ step) with mix = splitmix64, computed in vectorised
+    int64 ops on the keys' device; the top 53 bits of h give the uniform exactly. Each row depends only on
+    its own counters, never on its batch neighbours."""
+    keys, samples = as_int64(problem_keys), as_int64(sample_ids)
+    h = splitmix64(as_int64(seed).to(keys.device).expand_as(keys))
+    for v in (keys, samples.to(keys.device), as_int64(step).to(keys.device)):
+        h = splitmix64(h ^ v)
+    return _shr(h, 11).double() * 2.0**-53
+
+
+def _topk_sorted(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, ids) per row ordered by (-value, id), ties at the k-th value resolved by id."""
+    vals, idx = torch.topk(logits, k, dim=-1)  # (B, k)
+    kth = vals[:, -1:]
+    ambiguous = (logits == kth).sum(-1) > (vals == kth).sum(-1)  # topk may pick any of the tied ids
+    if bool(ambiguous.any()):
+        rows = ambiguous.nonzero().squeeze(1)
+        s_vals, s_idx = torch.sort(logits[rows], dim=-1, descending=True, stable=True)
+        vals[rows], idx[rows] = s_vals[:, :k], s_idx[:, :k]
+    idx, order = idx.sort(-1)  # ids ascending, then a stable sort by value: order = (-value, id)
+    vals = vals.gather(-1, order)
+    vals, order = vals.sort(dim=-1, descending=True, stable=True)
+    return vals, idx.gather(-1, order)
+
+
+def sample_logits(
+    logits: torch.Tensor, u: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 64
+) -> torch.Tensor:
+    """(B,) next-token ids from (B, V) logits by inverse CDF with the row's uniform ``u`` (B,).
+
+    temperature 0 = argmax (first id on ties). Otherwise: float32 logits / temperature; top-k prefilter
+    (``top_k`` 0 = the whole vocabulary); softmax; the nucleus is the shortest prefix of the tokens sorted
+    by (-probability, id) whose mass reaches ``top_p`` (at least one token); renormalise; the pick is the
+    first nucleus token, in TOKEN-ID order, whose cumulative mass exceeds u. Ordering the CDF by id rather
+    than by probability means that two nearly tied tokens swapping rank under rounding noise (another
+    batch size, another kernel) changes nothing; only u landing within rounding of a boundary could.
     """
     logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = logits / temperature
-    k = logits.shape[-1] if top_k <= 0 else min(top_k, logits.shape[-1])
-    vals, idx = torch.topk(logits, k, dim=-1, sorted=True)  # (B, k), descending
-    # deterministic tie order: equal logits sorted by token id
-    order = torch.argsort(idx, dim=-1, stable=True)
-    vals, idx = vals.gather(-1, order), idx.gather(-1, order)
-    order = torch.argsort(-vals, dim=-1, stable=True)
-    vals, idx = vals.gather(-1, order), idx.gather(-1, order)
+    vocab = logits.shape[-1]
+    k = vocab if top_k <= 0 else min(top_k, vocab)
+    vals, idx = _topk_sorted(logits / temperature, k)  # (B, k) by (-prob, id)
     probs = torch.softmax(vals, dim=-1)
-    cum = probs.cumsum(-1)
-    keep = (cum - probs) < top_p  # mass before this token is below top_p
+    keep = (probs.cumsum(-1) - probs) < top_p  # the mass before this token is still short of top_p
     keep[:, 0] = True
-    probs = probs * keep
-    cum = (probs / probs.sum(-1, keepdim=True)).cumsum(-1).double()
-    pick = torch.searchsorted(cum, u.to(cum.device, torch.float64).unsqueeze(-1)).clamp(max=k - 1)
-    return idx.gather(-1, pick).squeeze(-1)
+    ids, order = torch.where(keep, idx, idx + vocab).sort(-1)  # nucleus first, in id order
+    cum = torch.where(keep, probs, 0.0).gather(-1, order).double().cumsum(-1)
+    target = u.to(cum.device, torch.float64) * cum[:, -1]  # renormalised: u scaled by the nucleus mass
+    pick = torch.searchsorted(cum, target.unsqueeze(-1), right=True)
+    pick = torch.minimum(pick, keep.sum(-1, keepdim=True) - 1)  # u * mass rounding up onto the total
+    return ids.gather(-1, pick).squeeze(-1)

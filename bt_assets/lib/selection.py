@@ -14,7 +14,7 @@ def sample_events(bt_rows: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
     keys = sorted(zip(bt_rows["example_id"].to_list(), bt_rows["sample_id"].to_list(), strict=True))
     chosen = set(random.Random(seed).sample(keys, min(n, len(keys))))
     mask = [(e, s) in chosen for e, s in zip(bt_rows["example_id"], bt_rows["sample_id"], strict=True)]
-    return bt_rows.filter(pl.Series(mask)).sort("example_id", "sample_id")
+    return bt_rows.filter(pl.Series(mask, dtype=pl.Boolean)).sort("example_id", "sample_id")
 
 
 def match_controls(events: pl.DataFrame, non_bt: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -31,18 +31,33 @@ def match_controls(events: pl.DataFrame, non_bt: pl.DataFrame, seed: int) -> pl.
             if j not in used and k > 0 and length > k:
                 used.add(j)
                 ctl = pool.row(j, named=True)
-                out.append({"control_example_id": ctl["example_id"], "control_sample_id": ctl["sample_id"],
-                            "event_example_id": ev["example_id"], "event_sample_id": ev["sample_id"],
-                            "offset": k, "pred_pos": ctl["prompt_tokens"] + k - 1,
-                            "target": ev["onset_token_id"]})
+                out.append(
+                    {
+                        "control_example_id": ctl["example_id"],
+                        "control_sample_id": ctl["sample_id"],
+                        "event_example_id": ev["example_id"],
+                        "event_sample_id": ev["sample_id"],
+                        "offset": k,
+                        "pred_pos": ctl["prompt_tokens"] + k - 1,
+                        "target": ev["onset_token_id"],
+                    }
+                )
                 break
-    schema = {"control_example_id": pl.Int64, "control_sample_id": pl.Int64, "event_example_id": pl.Int64,
-              "event_sample_id": pl.Int64, "offset": pl.Int64, "pred_pos": pl.Int64, "target": pl.Int64}
+    schema = {
+        "control_example_id": pl.Int64,
+        "control_sample_id": pl.Int64,
+        "event_example_id": pl.Int64,
+        "event_sample_id": pl.Int64,
+        "offset": pl.Int64,
+        "pred_pos": pl.Int64,
+        "target": pl.Int64,
+    }
     return pl.DataFrame(out, schema=schema)
 
 
-def select_layers(scan: pl.DataFrame, components: Sequence[str], k: int, statistic: str,
-                  require_negative: bool) -> dict[str, list[int]]:
+def select_layers(
+    scan: pl.DataFrame, components: Sequence[str], k: int, statistic: str, require_negative: bool
+) -> dict[str, list[int]]:
     """Top-k layers per component by the mean of ``statistic`` (most negative first = ablating it
     lowers the onset token most); optionally only layers whose mean effect is negative."""
     col = f"{statistic}_mean"
@@ -72,7 +87,7 @@ def random_layers(selected: dict[str, list[int]], n_layers: int, seeds: Sequence
             if need > len(pool) - i:
                 pool, i = candidates[:], 0  # not enough disjoint layers: allow reuse across components
                 rng.shuffle(pool)
-            draw[comp] = sorted(pool[i:i + need])
+            draw[comp] = sorted(pool[i : i + need])
             i += need
         out[str(seed)] = draw
     return out

@@ -23,9 +23,14 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def cluster_bootstrap(clusters: Sequence | np.ndarray, arrays: Sequence[Sequence | np.ndarray],
-                      statistic: Callable[..., float], n_boot: int = 2000, seed: int = 0,
-                      level: float = 0.95) -> tuple[float, float]:
+def cluster_bootstrap(
+    clusters: Sequence | np.ndarray,
+    arrays: Sequence[Sequence | np.ndarray],
+    statistic: Callable[..., float],
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Percentile interval of ``statistic(*arrays)`` under resampling of clusters with replacement.
 
     ``clusters`` labels every row (e.g. example_id); ``arrays`` are per-row arrays of the same length;

@@ -30,24 +30,36 @@ def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: i
     n = rows.height
     k_bt = int(rows[bt].sum()) if n else 0
     k_ok = int(rows[ok].fill_null(False).sum()) if n else 0
-    out = {"n": n, "bt_count": k_bt, "bt_rate": k_bt / n if n else float("nan"),
-           "correct": k_ok, "accuracy": k_ok / n if n else float("nan"),
-           "mean_tokens": float(rows["completion_tokens"].mean()) if n else float("nan"),
-           "truncated_share": float((rows["finish_reason"] == "length").mean()) if n else 0.0}
+    out = {
+        "n": n,
+        "bt_count": k_bt,
+        "bt_rate": k_bt / n if n else float("nan"),
+        "correct": k_ok,
+        "accuracy": k_ok / n if n else float("nan"),
+        "mean_tokens": float(rows["completion_tokens"].mean()) if n else float("nan"),
+        "truncated_share": float((rows["finish_reason"] == "length").mean()) if n else 0.0,
+    }
     out["bt_lo"], out["bt_hi"] = wilson(k_bt, n)
     out["acc_lo"], out["acc_hi"] = wilson(k_ok, n)
     pairs = rows.join(base, on=["example_id", "sample_id"], suffix="_base")
     prob = pairs["example_id"].to_numpy()
     for name, col in (("bt", bt), ("acc", ok)):
-        d = (pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_base"].fill_null(False).cast(pl.Int8))
+        d = pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_base"].fill_null(False).cast(pl.Int8)
         mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed)
         out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = mean, lo, hi
     out["n_pairs"] = pairs.height
     return out
 
 
-def sweep_tables(events: pl.DataFrame, cells: Sequence[SweepCell], n_components: Mapping[str, int],
-                 detection_mode: str, grading_mode: str, min_accuracy_fraction: float, seed: int) -> dict:
+def sweep_tables(
+    events: pl.DataFrame,
+    cells: Sequence[SweepCell],
+    n_components: Mapping[str, int],
+    detection_mode: str,
+    grading_mode: str,
+    min_accuracy_fraction: float,
+    seed: int,
+) -> dict:
     """Subset table, scale table, per-cell stats and the best trade-off (largest relative BT reduction
     among cells keeping accuracy >= ``min_accuracy_fraction`` x baseline accuracy)."""
     bt, ok = bt_column(detection_mode), correct_column(grading_mode)
@@ -56,39 +68,68 @@ def sweep_tables(events: pl.DataFrame, cells: Sequence[SweepCell], n_components:
     per_cell = []
     for c in cells:
         st = cell_stats(events.filter(pl.col("condition") == c.key), base, bt, ok, seed)
-        per_cell.append({"cell": c.key, "subset": c.subset, "scale": c.scale,
-                         "num_components": n_components.get(c.key, 0), "sweeps": ",".join(c.sweeps), **st})
+        per_cell.append(
+            {
+                "cell": c.key,
+                "subset": c.subset,
+                "scale": c.scale,
+                "num_components": n_components.get(c.key, 0),
+                "sweeps": ",".join(c.sweeps),
+                **st,
+            }
+        )
     base_row = next(r for r in per_cell if r["cell"] == base_key)
     subset = [r for r in per_cell if "subset" in r["sweeps"].split(",")]
-    scale = sorted((r for r in per_cell if "scale" in r["sweeps"].split(",") and r["subset"] != "baseline"),
-                   key=lambda r: r["scale"])
+    scale = sorted(
+        (r for r in per_cell if "scale" in r["sweeps"].split(",") and r["subset"] != "baseline"),
+        key=lambda r: r["scale"],
+    )
     best = best_tradeoff(per_cell, base_row, min_accuracy_fraction)
-    return {"cells": per_cell, "subset": subset, "scale": scale, "best_tradeoff": best,
-            "baseline": base_row, "detection_mode": detection_mode, "grading_mode": grading_mode,
-            "accuracy_denominator": "all completions (no answer = not correct)"}
+    return {
+        "cells": per_cell,
+        "subset": subset,
+        "scale": scale,
+        "best_tradeoff": best,
+        "baseline": base_row,
+        "detection_mode": detection_mode,
+        "grading_mode": grading_mode,
+        "accuracy_denominator": "all completions (no answer = not correct)",
+    }
 
 
 def best_tradeoff(rows: Sequence[dict], base: dict, min_fraction: float) -> dict | None:
     floor = min_fraction * base["accuracy"] if base["n"] else float("nan")
-    ok = [r for r in rows if r["cell"] != base["cell"] and r["n"] and r["accuracy"] >= floor
-          and base["bt_rate"] > 0 and r["scale"] != 1.0]
+    ok = [
+        r
+        for r in rows
+        if r["cell"] != base["cell"]
+        and r["n"]
+        and r["accuracy"] >= floor
+        and base["bt_rate"] > 0
+        and r["scale"] != 1.0
+    ]
     if not ok:
         return None
     best = max(ok, key=lambda r: ((base["bt_rate"] - r["bt_rate"]) / base["bt_rate"], r["accuracy"]))
-    return {**best, "relative_bt_reduction": (base["bt_rate"] - best["bt_rate"]) / base["bt_rate"],
-            "accuracy_floor": floor}
+    return {
+        **best,
+        "relative_bt_reduction": (base["bt_rate"] - best["bt_rate"]) / base["bt_rate"],
+        "accuracy_floor": floor,
+    }
 
 
 def scale_one_identical(events: pl.DataFrame, cells: Sequence[SweepCell]) -> dict:
     """Scale-1.0 cells must equal the baseline cell token for token (hooks at 1.0 are exact no-ops)."""
     base_key = next(c.key for c in cells if c.subset == "baseline")
-    base = events.filter(pl.col("condition") == base_key).select("example_id", "sample_id",
-                                                                 "completion_token_ids")
+    base = events.filter(pl.col("condition") == base_key).select(
+        "example_id", "sample_id", "completion_token_ids"
+    )
     checked, mismatches = [], 0
     for c in cells:
         if c.scale == 1.0 and c.subset != "baseline":
-            rows = events.filter(pl.col("condition") == c.key).join(base, on=["example_id", "sample_id"],
-                                                                    suffix="_base")
+            rows = events.filter(pl.col("condition") == c.key).join(
+                base, on=["example_id", "sample_id"], suffix="_base"
+            )
             mismatches += int((rows["completion_token_ids"] != rows["completion_token_ids_base"]).sum())
             checked.append(c.key)
     return {"passed": mismatches == 0, "cells_checked": checked, "mismatched_rows": mismatches}
@@ -101,8 +142,9 @@ def hook_problems(counts: pl.DataFrame, cells) -> list[str]:
         for (comp, layer), scale in cell.scales.items():
             if scale == 1.0:
                 continue
-            sel = counts.filter((pl.col("cell") == cell.key) & (pl.col("component") == comp)
-                                & (pl.col("layer") == layer))
+            sel = counts.filter(
+                (pl.col("cell") == cell.key) & (pl.col("component") == comp) & (pl.col("layer") == layer)
+            )
             pre = sel.filter(pl.col("phase") == "prefill")["applied"].sum()
             dec = sel.filter(pl.col("phase") == "decode")["applied"].sum()
             if pre:
@@ -116,13 +158,19 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
     """Per scale (1.0 = clean): mean P(onset) and logit with 95% intervals, synonym replacement share."""
     if df.height == 0:
         return pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
-    g = df.group_by("scale").agg(
-        pl.len().alias("n"),
-        pl.col("onset_prob").mean().alias("p_onset_mean"), pl.col("onset_prob").std().alias("p_sd"),
-        pl.col("onset_logit").mean().alias("logit_mean"), pl.col("onset_logit").std().alias("l_sd"),
-        pl.col("top1_is_synonym").mean().alias("synonym_share"),
-        pl.col("top1_is_onset").mean().alias("onset_top1_share"),
-    ).sort("scale", descending=True)
+    g = (
+        df.group_by("scale")
+        .agg(
+            pl.len().alias("n"),
+            pl.col("onset_prob").mean().alias("p_onset_mean"),
+            pl.col("onset_prob").std().alias("p_sd"),
+            pl.col("onset_logit").mean().alias("logit_mean"),
+            pl.col("onset_logit").std().alias("l_sd"),
+            pl.col("top1_is_synonym").mean().alias("synonym_share"),
+            pl.col("top1_is_onset").mean().alias("onset_top1_share"),
+        )
+        .sort("scale", descending=True)
+    )
     half = 1.96 / pl.col("n").sqrt()
     return g.with_columns(
         (pl.col("p_onset_mean") - half * pl.col("p_sd").fill_null(0)).alias("p_onset_lo"),

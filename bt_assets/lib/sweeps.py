@@ -24,8 +24,9 @@ def fmt_scale(scale: float) -> str:
     return f"{scale:g}"
 
 
-def sweep_cells(subsets: Sequence[str], ablation_scale: float, scale_subset: str | None,
-                scales: Sequence[float]) -> list[SweepCell]:
+def sweep_cells(
+    subsets: Sequence[str], ablation_scale: float, scale_subset: str | None, scales: Sequence[float]
+) -> list[SweepCell]:
     """Every distinct cell, baseline first; a cell used by both sweeps appears once."""
     cells: dict[tuple[str, str], set[str]] = {("baseline", fmt_scale(1.0)): {"subset", "scale"}}
     for name in subsets:

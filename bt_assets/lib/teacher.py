@@ -45,7 +45,7 @@ def logit_lens(model: torch.nn.Module, events: Sequence[Event], batch_size: int 
     out = torch.empty(len(events), n_layers, 2)
     dev = _device(model)
     for start in range(0, len(events), batch_size):
-        chunk = events[start:start + batch_size]
+        chunk = events[start : start + batch_size]
         width = max(e.pred_pos + 1 for e in chunk)
         ids = torch.zeros(len(chunk), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -61,13 +61,14 @@ def logit_lens(model: torch.nn.Module, events: Sequence[Event], batch_size: int 
             if layer < n_layers - 1:
                 h = norm(h)
             logits = head(h).float()
-            out[start:start + len(chunk), layer, 0] = logits[rows, tgt].cpu()
-            out[start:start + len(chunk), layer, 1] = torch.log_softmax(logits, -1)[rows, tgt].cpu()
+            out[start : start + len(chunk), layer, 0] = logits[rows, tgt].cpu()
+            out[start : start + len(chunk), layer, 1] = torch.log_softmax(logits, -1)[rows, tgt].cpu()
     return out
 
 
-def single_component_table(n_layers: int, components: Sequence[str], layers: Sequence[int],
-                           scale: float) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+def single_component_table(
+    n_layers: int, components: Sequence[str], layers: Sequence[int], scale: float
+) -> tuple[torch.Tensor, list[tuple[str, int]]]:
     """Scale table (1 + V, L, 2): row 0 clean, row v one (component, layer) scaled; and the variant list."""
     variants = [(c, layer) for layer in layers for c in components]
     table = torch.ones(1 + len(variants), n_layers, len(COMPONENTS))
@@ -77,8 +78,9 @@ def single_component_table(n_layers: int, components: Sequence[str], layers: Seq
 
 
 @torch.inference_mode()
-def score_at_onset(model: torch.nn.Module, event: Event, table: torch.Tensor,
-                   state: HookState | None = None) -> torch.Tensor:
+def score_at_onset(
+    model: torch.nn.Module, event: Event, table: torch.Tensor, state: HookState | None = None
+) -> torch.Tensor:
     """Logits at ``pred_pos`` for every row of ``table`` (R, L, 2), ablating at ``pred_pos`` only.
 
     One prefix forward over ``ids[:pred_pos]`` (no hooks active: nothing before pred_pos is ablated),
@@ -86,8 +88,13 @@ def score_at_onset(model: torch.nn.Module, event: Event, table: torch.Tensor,
     """
     dev = _device(model)
     rows = table.shape[0]
-    state = state or HookState(scales=table.to(dev), row_condition=torch.arange(rows, device=dev),
-                               phase="teacher", decode_only=False, positions=None)
+    state = state or HookState(
+        scales=table.to(dev),
+        row_condition=torch.arange(rows, device=dev),
+        phase="teacher",
+        decode_only=False,
+        positions=None,
+    )
     state.scales, state.row_condition = table.to(dev), torch.arange(rows, device=dev)
     state.phase, state.decode_only, state.positions = "teacher", False, None
     ids = torch.tensor(event.ids[: event.pred_pos + 1], device=dev).unsqueeze(0)
@@ -109,9 +116,13 @@ def scan_bruteforce(model: torch.nn.Module, event: Event, table: torch.Tensor) -
     ids = torch.tensor(event.ids[: event.pred_pos + 1], device=dev).unsqueeze(0)
     out = []
     for r in range(table.shape[0]):
-        state = HookState(scales=table[r:r + 1].to(dev), row_condition=torch.zeros(1, dtype=torch.long,
-                          device=dev), phase="teacher", decode_only=False,
-                          positions=torch.tensor([event.pred_pos], device=dev))
+        state = HookState(
+            scales=table[r : r + 1].to(dev),
+            row_condition=torch.zeros(1, dtype=torch.long, device=dev),
+            phase="teacher",
+            decode_only=False,
+            positions=torch.tensor([event.pred_pos], device=dev),
+        )
         with ablation_hooks(model, state):
             out.append(model(ids).logits[0, -1].float())
     return torch.stack(out)
@@ -136,15 +147,24 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
         return (float("nan"),) * 4
     mean = t.mean().item()
     std = t.std(unbiased=True).item() if n > 1 else 0.0
-    half = 1.96 * std / n ** 0.5
+    half = 1.96 * std / n**0.5
     return mean, std, mean - half, mean + half
 
 
 CONTINUATION_SCHEMA = {
-    "event": pl.String, "subset": pl.String, "scale": pl.Float64, "condition": pl.String,
-    "onset_token_id": pl.Int64, "onset_token_text": pl.String, "onset_logit": pl.Float64,
-    "onset_logprob": pl.Float64, "onset_prob": pl.Float64, "top_tokens": pl.String,
-    "top1_text": pl.String, "top1_is_onset": pl.Boolean, "top1_is_synonym": pl.Boolean,
+    "event": pl.String,
+    "subset": pl.String,
+    "scale": pl.Float64,
+    "condition": pl.String,
+    "onset_token_id": pl.Int64,
+    "onset_token_text": pl.String,
+    "onset_logit": pl.Float64,
+    "onset_logprob": pl.Float64,
+    "onset_prob": pl.Float64,
+    "top_tokens": pl.String,
+    "top1_text": pl.String,
+    "top1_is_onset": pl.Boolean,
+    "top1_is_synonym": pl.Boolean,
 }
 
 
@@ -158,8 +178,16 @@ def is_synonym(text: str, synonyms: Sequence[str]) -> bool:
     return bool(word) and any(s.split()[0].lower() == word.lower() for s in synonyms)
 
 
-def continuation_rows(model: torch.nn.Module, tokenizer, events: Sequence[Event], table: torch.Tensor,
-                      scales: Sequence[float], top_k: int, synonyms: Sequence[str], subset: str) -> list[dict]:
+def continuation_rows(
+    model: torch.nn.Module,
+    tokenizer,
+    events: Sequence[Event],
+    table: torch.Tensor,
+    scales: Sequence[float],
+    top_k: int,
+    synonyms: Sequence[str],
+    subset: str,
+) -> list[dict]:
     """One row per (event, scale): P(onset token), its logit and log-prob at the prediction position with
     the subset scaled there only (row 0 of ``table`` = clean, scale 1.0), and the top tokens."""
     rows = []
@@ -170,12 +198,21 @@ def continuation_rows(model: torch.nn.Module, tokenizer, events: Sequence[Event]
         onset_text = tokenizer.decode([ev.target])
         for r, scale in enumerate(scales):
             texts = [tokenizer.decode([int(t)]) for t in top[r]]
-            rows.append({
-                "event": ev.key, "subset": subset, "scale": float(scale),
-                "condition": "clean" if r == 0 else "ablated", "onset_token_id": ev.target,
-                "onset_token_text": onset_text, "onset_logit": float(logit[r]), "onset_logprob": float(logp[r]),
-                "onset_prob": float(prob[r]), "top_tokens": "|".join(texts), "top1_text": texts[0],
-                "top1_is_onset": int(top[r, 0]) == ev.target,
-                "top1_is_synonym": int(top[r, 0]) != ev.target and is_synonym(texts[0], synonyms),
-            })
+            rows.append(
+                {
+                    "event": ev.key,
+                    "subset": subset,
+                    "scale": float(scale),
+                    "condition": "clean" if r == 0 else "ablated",
+                    "onset_token_id": ev.target,
+                    "onset_token_text": onset_text,
+                    "onset_logit": float(logit[r]),
+                    "onset_logprob": float(logp[r]),
+                    "onset_prob": float(prob[r]),
+                    "top_tokens": "|".join(texts),
+                    "top1_text": texts[0],
+                    "top1_is_onset": int(top[r, 0]) == ev.target,
+                    "top1_is_synonym": int(top[r, 0]) != ev.target and is_synonym(texts[0], synonyms),
+                }
+            )
     return rows
