@@ -10,26 +10,45 @@ from bt_assets.partitions import sweep_partitions
 
 PHASE1_GROUPS = ["data", "phase1", "events", "metrics", "analysis", "phase1_figures", "phase1_report"]
 PHASE2_GROUPS = ["phase2", "phase2_figures", "phase2_report"]
+# A Dagster job holds at most one partitions definition, so each partitioned generation asset has its own
+# job and the phase jobs hold the unpartitioned assets that read every cell.
+PARTITIONED = {
+    "phase1_generations": "phase1_generation_job",
+    "ablation_generations": "ablation_generation_job",
+    "sweep_generations": "sweep_job",
+}
 
 
 def jobs(profile: Profile) -> list:
+    cells = dg.AssetSelection.assets(*PARTITIONED)
     return [
         dg.define_asset_job(
-            "phase1_job",
-            selection=dg.AssetSelection.groups(*PHASE1_GROUPS),
+            "phase1_generation_job",
+            selection=dg.AssetSelection.assets("phase1_generations"),
             executor_def=dg.in_process_executor,
-            description="Phase 1: generations, events, metrics, analysis, figures, report",
+            description="Phase-1 baseline cells: select cells (a range is one run, one model load)",
+        ),
+        dg.define_asset_job(
+            "ablation_generation_job",
+            selection=dg.AssetSelection.assets("ablation_generations"),
+            executor_def=dg.in_process_executor,
+            description="Phase-1 targeted/random ablation cells (needs selected_layers and random_layers)",
+        ),
+        dg.define_asset_job(
+            "phase1_job",
+            selection=dg.AssetSelection.groups(*PHASE1_GROUPS) - cells,
+            executor_def=dg.in_process_executor,
+            description="Phase 1 after the generation cells: events, metrics, analysis, figures, report",
         ),
         dg.define_asset_job(
             "phase2_job",
-            selection=dg.AssetSelection.groups(*PHASE2_GROUPS),
+            selection=dg.AssetSelection.groups(*PHASE2_GROUPS) - cells,
             executor_def=dg.in_process_executor,
-            description="Phase 2: sweeps, continuation ablation, hook stats, figures, report",
+            description="Phase 2 after the sweep cells: results, continuation, hook stats, figures, report",
         ),
         dg.define_asset_job(
             "sweep_job",
             selection=dg.AssetSelection.assets("sweep_generations"),
-            partitions_def=sweep_partitions(profile),
             executor_def=dg.in_process_executor,
             description="the sweep cells only: select cells and launch one run",
         ),
