@@ -5,7 +5,19 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.bt-installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: setup demo test lint dev validate clean
+# `make audit`: pip-audit of requirements.lock; a pin it could not check (no access to the PyPI
+# advisory API) fails it (exit 2). `make test` runs it with TEST_AUDIT_OFFLINE=warn: known
+# vulnerabilities fail the tests, an audit that could not run prints "NOT AUDITED" and goes on.
+AUDIT_OFFLINE ?= fail
+TEST_AUDIT_OFFLINE ?= warn
+
+.PHONY: setup demo test lint dev validate clean audit lock test-deps
+
+# System packages the tests need (Debian names), installed by `make test-deps` when run as root and
+# missing: chromium for the browser test (driven by Playwright, no downloaded browser), postgresql
+# for the real-server instance-storage test. Append yours
+# with `APT_PACKAGES += ...`.
+APT_PACKAGES := chromium postgresql
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,9 +32,28 @@ setup: $(STAMP)
 demo: $(STAMP)  ## materialize the whole graph on the demo profile
 	$(BIN)/python -m bt_assets.launch
 
-test: $(STAMP)  ## lint + the test suite
+test: $(STAMP) test-deps  ## lint + the test suite + the dependency audit
 	$(BIN)/ruff check bt_assets bt_assets_tests bench
+	$(BIN)/ruff format --check bt_assets bt_assets_tests bench
 	$(BIN)/python -m pytest -q
+	$(BIN)/python .ci/audit.py audit --offline $(TEST_AUDIT_OFFLINE)
+
+test-deps:  ## the system packages of the tests ($(APT_PACKAGES)): apt-get install as root, a note otherwise
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then echo "test-deps: installed:$(foreach p,$(APT_PACKAGES), $(p))"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "test-deps: NOTE: missing:$$missing; not root, so not installed (sudo make test-deps)."; \
+	  echo "test-deps: the tests that need them skip here and fail under CI."; \
+	elif ! command -v apt-get >/dev/null; then echo "test-deps: NOTE: missing:$$missing, and no apt-get"; \
+	else apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; fi
+
+audit: $(STAMP)  ## known vulnerabilities in requirements.lock (pip-audit, needs pypi.org's JSON API)
+	$(BIN)/python .ci/audit.py audit --offline $(AUDIT_OFFLINE)
+
+lock: $(STAMP)  ## rewrite requirements.lock from the installed .[dev,deploy] closure
+	$(BIN)/python .ci/audit.py lock
 
 validate: $(STAMP)
 	$(BIN)/dagster definitions validate -w workspace.yaml

@@ -7,14 +7,13 @@ not go through it: they write their own resumable chunk files and return ``Mater
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 
-from bt_assets.lib.chunkstore import atomic_write_bytes
+from bt_assets.lib.chunkstore import atomic_write_bytes, atomic_write_parquet
 
 
 class PolarsParquetIOManager(dg.ConfigurableIOManager):
@@ -31,10 +30,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         key = context.asset_key
         if isinstance(obj, pl.DataFrame):
             path = self._path(key, ".parquet")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".parquet.tmp")
-            obj.write_parquet(tmp)
-            os.replace(tmp, path)
+            atomic_write_parquet(path, obj)  # a full disk or a denied path: OSError naming path and cause
             context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
         elif isinstance(obj, dict | list):
             path = self._path(key, ".json")

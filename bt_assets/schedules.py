@@ -20,36 +20,44 @@ PARTITIONED = {
 
 
 def jobs(profile: Profile) -> list:
+    """Every job holds GPU assets, so each carries the profile's ``dagster-k8s/config`` run tag (the
+    K8sRunLauncher's per-run pod resources) when ``k8s.gpu`` is set."""
     cells = dg.AssetSelection.assets(*PARTITIONED)
+    gpu = profile.k8s_gpu_run_tags()
     return [
         dg.define_asset_job(
             "phase1_generation_job",
             selection=dg.AssetSelection.assets("phase1_generations"),
             executor_def=dg.in_process_executor,
+            tags=gpu,
             description="Phase-1 baseline cells: select cells (a range is one run, one model load)",
         ),
         dg.define_asset_job(
             "ablation_generation_job",
             selection=dg.AssetSelection.assets("ablation_generations"),
             executor_def=dg.in_process_executor,
+            tags=gpu,
             description="Phase-1 targeted/random ablation cells (needs selected_layers and random_layers)",
         ),
         dg.define_asset_job(
             "phase1_job",
             selection=dg.AssetSelection.groups(*PHASE1_GROUPS) - cells,
             executor_def=dg.in_process_executor,
+            tags=gpu,
             description="Phase 1 after the generation cells: events, metrics, analysis, figures, report",
         ),
         dg.define_asset_job(
             "phase2_job",
             selection=dg.AssetSelection.groups(*PHASE2_GROUPS) - cells,
             executor_def=dg.in_process_executor,
+            tags=gpu,
             description="Phase 2 after the sweep cells: results, continuation, hook stats, figures, report",
         ),
         dg.define_asset_job(
             "sweep_job",
             selection=dg.AssetSelection.assets("sweep_generations"),
             executor_def=dg.in_process_executor,
+            tags=gpu,
             description="the sweep cells only: select cells and launch one run",
         ),
     ]

@@ -94,16 +94,129 @@ def test_failed_replace_leaves_nothing_and_names_path(store, monkeypatch, code, 
     assert not store.done(0) and list(store.directory.iterdir()) == []
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
-def test_read_only_directory_gives_clear_error(store):
+def _fail_on_store_paths(monkeypatch, store: ChunkStore, name: str, code: int, after: int = 0) -> list[int]:
+    """Make ``os.<name>`` fail with ``code`` for the store's files, as the kernel would (root included):
+    ``after`` bytes still reach the disk first for ``write`` (a disk that fills up mid-chunk)."""
+    real = getattr(chunkstore.os, name)
+    fds: list[int] = []
+
+    def fake(*args, **kwargs):
+        target = args[0]
+        if name == "open" and str(target).startswith(str(store.directory)) and str(target).endswith(".tmp"):
+            if code:
+                raise OSError(code, os.strerror(code), str(target))
+            fds.append(fd := real(*args, **kwargs))
+            return fd
+        if name == "write" and target in fds:
+            if after:
+                real(target, bytes(args[1])[:after])
+            raise OSError(code, os.strerror(code))
+        if name == "fsync" and target in fds:
+            raise OSError(code, os.strerror(code))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunkstore.os, name, fake)
+    if name != "open":  # track the temp file descriptors so only the store's writes fail
+        monkeypatch.setattr(chunkstore.os, "open", _tracking_open(chunkstore.os.open, store, fds))
+    return fds
+
+
+def _tracking_open(real, store: ChunkStore, fds: list[int]):
+    def fake(path, *args, **kwargs):
+        fd = real(path, *args, **kwargs)
+        if str(path).startswith(str(store.directory)) and str(path).endswith(".tmp"):
+            fds.append(fd)
+        return fd
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("stage", "code", "kind", "hint"),
+    [
+        ("open", errno.EACCES, PermissionError, "no permission"),  # a directory the user cannot write
+        ("open", errno.EROFS, OSError, "read-only file system"),
+        ("write", errno.ENOSPC, OSError, "disk is full"),  # the disk fills up half-way through the chunk
+        ("write", errno.EDQUOT, OSError, "quota"),
+        ("fsync", errno.ENOSPC, OSError, "disk is full"),  # delayed allocation: ENOSPC only at fsync
+        ("fsync", errno.EIO, OSError, "check the path"),
+    ],
+)
+def test_write_failures_name_path_and_cause_and_leave_nothing(store, monkeypatch, stage, code, kind, hint):
+    """Simulated at the os level, so the test means the same as root (which ignores file modes): the
+    OSError keeps its errno, names the chunk path, the cause and a hint; no temp file or partial chunk
+    remains, an older version of the chunk survives intact, and the store still works afterwards."""
+    store.write(0, chunk(0))
+    old = store.path(0).read_bytes()
+    store.finalize(1, {})
+    _fail_on_store_paths(monkeypatch, store, stage, code, after=100 if stage == "write" else 0)
+    for index in (0, 1):  # rewriting a finished chunk, and writing a new one
+        with pytest.raises(kind) as err:
+            store.write(index, chunk(9))
+        assert err.value.errno == code and err.value.filename == str(store.path(index))
+        text = str(err.value)
+        assert str(store.path(index)) in text and os.strerror(code) in text and hint in text
+        assert sorted(p.name for p in store.directory.iterdir()) == ["chunk-00000.parquet"]
+    assert store.path(0).read_bytes() == old and not store.done(1)
+    monkeypatch.undo()
+    store.write(1, chunk(1))
+    assert store.read_all(2)["example_id"].to_list() == [0, 0, 0, 1, 1, 1]
+
+
+def test_unwritable_directory_gives_clear_error(store, monkeypatch):
+    """A real 0o500 directory for a normal user; as root (file modes ignored) the kernel's EACCES is
+    simulated at ``os.open``, so the assertion is the same either way."""
     store.directory.mkdir(parents=True)
     store.directory.chmod(0o500)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        _fail_on_store_paths(monkeypatch, store, "open", errno.EACCES)
     try:
         with pytest.raises(PermissionError, match="permission") as err:
             store.write(0, chunk(0))
-        assert str(store.path(0)) in str(err.value)
+        assert str(store.path(0)) in str(err.value) and err.value.errno == errno.EACCES
+        assert list(store.directory.iterdir()) == []
     finally:
         store.directory.chmod(0o700)
+
+
+def test_uncreatable_directory_names_the_chunk(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    store = ChunkStore(blocker, CELL, "fp1")
+    with pytest.raises(OSError) as err:
+        store.write(0, chunk(0))
+    assert str(store.path(0)) in str(err.value) and "writing failed" in str(err.value)
+
+
+def test_a_full_disk_during_parquet_serialisation_is_an_oserror(tmp_path, monkeypatch):
+    """polars reports a full disk as a ComputeError without errno or path; chunks (and the IO manager's
+    tables) are serialised in memory first, so the OSError comes from the file write itself."""
+    path = tmp_path / "t.parquet"
+    chunkstore.atomic_write_parquet(path, chunk(0))
+    assert pl.read_parquet(path).equals(chunk(0))
+    real = chunkstore.os.write
+    monkeypatch.setattr(
+        chunkstore.os, "write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space"))
+    )
+    with pytest.raises(OSError, match="disk is full") as err:
+        chunkstore.atomic_write_parquet(path, chunk(1))
+    assert err.value.errno == errno.ENOSPC and str(path) in str(err.value)
+    monkeypatch.setattr(chunkstore.os, "write", real)
+    assert pl.read_parquet(path).equals(chunk(0)) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "t.parquet"
+    ]
+
+
+def test_interrupted_write_leaves_no_temp_file(store, monkeypatch):
+    """Not only OSErrors: a KeyboardInterrupt mid-write also removes the temp file."""
+
+    def interrupted(fd, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chunkstore.os, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.write(0, chunk(0))
+    assert list(store.directory.iterdir()) == []
 
 
 def test_fingerprint_and_cell_isolation(store, tmp_path):
@@ -156,3 +269,30 @@ def test_unreadable_manifest_is_reported(store):
     assert "unreadable manifest" in store.verify()[0]
     store.manifest_path.write_text(json.dumps({"fingerprint": "other", "chunks": []}))
     assert "does not belong" in store.verify()[0]
+
+
+def test_unusable_chunks_are_found_and_moved_aside(store):
+    """What a resume refuses to reuse: a truncated file, a file with too few rows, a chunk whose bytes
+    differ from the manifest, a chunk without its sidecar; quarantine moves each aside for regeneration."""
+    for k in range(4):
+        store.write(k, chunk(k))
+        (store.directory / f"chunk-{k:05d}.hooks.json").write_text("[]")
+    store.finalize(4, {})
+    assert store.unusable([3] * 4, ".hooks.json") == {}
+    data = store.path(0).read_bytes()
+    store.path(0).write_bytes(data[: len(data) // 2])  # truncated: not a parquet file any more
+    store.path(1).write_bytes(b"")  # an empty file
+    (store.directory / "chunk-00002.hooks.json").unlink()
+    bad = store.unusable([3] * 4, ".hooks.json")
+    assert sorted(bad) == [0, 1, 2]
+    assert str(store.path(0)) in bad[0] and "corrupt" in bad[0] and "hooks.json" in bad[2]
+    assert store.unusable([3, 3, 3, 4])[3].endswith("has 3 rows, expected 4 (incomplete chunk)")
+    moved = store.quarantine(0)
+    assert moved.name == "chunk-00000.parquet.corrupt" and moved.read_bytes() == data[: len(data) // 2]
+    assert not store.done(0) and not store.manifest_path.exists() and store.indices() == [1, 2, 3]
+    # a valid parquet file with other content than the manifest recorded
+    other = ChunkStore(store.root, "other-cell", "fp1")
+    other.write(0, chunk(0))
+    other.finalize(1, {})
+    chunkstore.atomic_write_parquet(other.path(0), chunk(5))
+    assert "sha256 differs from the manifest" in other.unusable([3])[0]

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from bt_assets.config import ConfigError, deep_merge, load_profile
@@ -91,3 +92,23 @@ def test_definitions_resolve_every_job(name):
     if name != "import_reference":
         assert {"phase1_job", "phase2_job", "sweep_job", "phase1_generation_job"} <= names
     defs.resolve_asset_graph()
+
+
+def test_every_figure_lineage_reaches_problems():
+    """Each figure asset depends on exactly the data assets it draws, and its upstream lineage reaches
+    ``problems`` through them (what the UI's lineage view shows)."""
+    from bt_assets.definitions import build_definitions
+
+    graph = build_definitions(load_profile("demo")).resolve_asset_graph()
+    figs = [k for k in graph.materializable_asset_keys if k.path[0].startswith("fig_")]
+    assert len(figs) == 10
+    for key in figs:
+        parents = graph.get(key).parent_keys
+        assert parents and all(not p.path[0].startswith("fig_") for p in parents), key
+        seen, todo = set(), list(parents)
+        while todo:
+            k = todo.pop()
+            if k not in seen:
+                seen.add(k)
+                todo += list(graph.get(k).parent_keys)
+        assert dg.AssetKey("problems") in seen, key

@@ -3,7 +3,9 @@ scale 1.0, per-row conditions, the prefill/decode gate, finish reasons; and one 
 
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +135,83 @@ def test_finish_reasons_and_lengths(model):
     assert out[key].token_ids == [] and out[key].n_tokens == 1
 
 
+def test_eos_check_interval_changes_nothing(model):
+    """Dropping finished rows only every few steps (fewer host syncs) gives the very same completions."""
+    reqs = requests(conditions=(0, 1))
+    table = scale_table([{}, {("attn", 1): 0.0, ("mlp", 2): 0.5}], N_LAYERS)
+    free = run(model, reqs, table)
+    stops = sorted({t for c in free.values() for t in c.token_ids[1:4]})[:6]
+    want = {k: (c.finish_reason, c.token_ids) for k, c in run(model, reqs, table, eos=stops).items()}
+    assert {r for r, _ in want.values()} == {"stop", "length"}
+    for every in (2, 3, 64):
+        got = run(model, reqs, table, eos=stops, batch_size=5, eos_check_every=every)
+        assert {k: (c.finish_reason, c.token_ids) for k, c in got.items()} == want, every
+
+
+def logit_trace(model, reqs, table, sampling, eos, shared: bool) -> tuple[dict, list[torch.Tensor]]:
+    """Completions and the last-position logits of every forward (prefill, then each decode step)."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda _m, _i, out: seen.append(out[:, -1].float().clone())
+    )
+    try:
+        out = run(model, reqs, table, sampling=sampling, eos=eos, batch_size=7, shared_attention=shared)
+    finally:
+        handle.remove()
+    return {k: (c.finish_reason, c.token_ids) for k, c in out.items()}, seen
+
+
+def test_shared_prefix_attention_matches_sdpa(model):
+    """Attending to each prompt's K/V once for all its rows = sdpa over per-row copies: fp32 logits to
+    rounding, hence the same tokens; uneven rows per prompt, rows leaving at EOS, conditions mixed."""
+    rng = random.Random(0)
+    prompts = [tuple(rng.randrange(49152) for _ in range(n)) for n in (3, 9, 5, 6)]
+    reqs = [
+        Request(stable_key(f"p{p}"), s, c, prompt, tag=(p, s, c))
+        for p, prompt in enumerate(prompts)
+        for s in range(1 + p % 3)
+        for c in (0, 1)
+    ]
+    table = scale_table([{}, {("attn", 1): 0.0, ("mlp", 2): 0.5}], N_LAYERS)
+    greedy = SamplingConfig(temperature=0.0, top_p=1.0, top_k=64, max_new_tokens=12, seed=0)
+    free, _ = logit_trace(model, reqs, table, greedy, (), shared=False)
+    eos = sorted({t[3] for _, t in free.values()})[:3]
+    want, want_logits = logit_trace(model, reqs, table, greedy, eos, shared=False)
+    got, got_logits = logit_trace(model, reqs, table, greedy, eos, shared=True)
+    assert got == want and {r for r, _ in want.values()} == {"stop", "length"}
+    assert [x.shape for x in got_logits] == [x.shape for x in want_logits]
+    assert max(float((a - b).abs().max()) for a, b in zip(got_logits, want_logits, strict=True)) < 1e-5
+    sampled = run(model, reqs, table, shared_attention=True)
+    assert tokens(sampled) == tokens(run(model, reqs, table, shared_attention=False))
+    # bf16: the shared path sums in float32 like the fused kernel; same inputs, logits within ~2 bf16 ulps
+    half = tiny_model(model.config.model_type).to(torch.bfloat16)
+    _, want16 = logit_trace(half, reqs, table, greedy, eos, shared=False)
+    _, got16 = logit_trace(half, reqs, table, greedy, eos, shared=True)
+    assert max(float((a - b).abs().max()) for a, b in zip(got16[:2], want16[:2], strict=True)) < 1.6e-2
+
+
+def test_shared_prefix_attention_is_the_bf16_cpu_default(model):
+    from bt_assets.lib import engine
+
+    half = tiny_model(model.config.model_type).to(torch.bfloat16)
+    assert engine.shared_attention_supported(model) and engine.shared_attention_supported(half)
+    calls: list[bool] = []
+    original = engine._decode_steps
+
+    def spy(*args):
+        calls.append(bool(args[-1]))  # shared_kw: non-empty on the shared path
+        return original(*args)
+
+    engine._decode_steps = spy
+    try:
+        run(model, requests(), batch_size=64)
+        run(half, requests(), batch_size=64)
+    finally:
+        engine._decode_steps = original
+    assert calls == [False, True]  # fp32 keeps sdpa (and the golden token ids); bf16 shares the prefix
+    assert model.config._attn_implementation == half.config._attn_implementation == "sdpa"  # restored
+
+
 def test_eos_bias_and_progress(model):
     def favour_eos(_m, _i, logits):
         return logits.index_fill(-1, torch.tensor([EOS_ID]), 1e4)  # EOS wins from the first step
@@ -165,3 +244,58 @@ def test_demo_model_generates_text(demo_tokenizer):
     assert len(out) == 2 and all(1 <= c.n_tokens <= 8 for c in out)
     assert all(tok.decode(c.token_ids, skip_special_tokens=True).strip() for c in out)
     assert out[0].token_ids[0] == out[1].token_ids[0]  # decode-only: the first token is intact
+
+
+# --- golden token ids: any optimisation that changes the engine's fp32 outputs fails here ---------
+
+GOLDEN = Path(__file__).parent / "fixtures" / "engine_golden_fp32.json"
+GOLDEN_TABLE = [{}, {("attn", 1): 0.0, ("mlp", 2): 0.5}, ZERO_MLP]
+GOLDEN_CASES = {
+    "nucleus_top64": SAMPLING,
+    "full_vocab": SamplingConfig(temperature=0.8, top_p=0.9, top_k=0, max_new_tokens=12, seed=5),
+    "greedy": SamplingConfig(temperature=0.0, top_p=1.0, top_k=64, max_new_tokens=8, seed=0),
+}
+
+
+def golden_outputs(eos: dict[str, list[int]] | None = None) -> dict:
+    """Token ids and finish reasons of every golden case on both tiny architectures (fp32, CPU).
+
+    The "eos" case stops on two ids that the "nucleus_top64" case produced (chosen when the fixture was
+    written and stored in it), so the stop path is pinned too."""
+    out: dict = {}
+    for arch in ("qwen2", "llama"):
+        m = tiny_model(arch)
+        table = scale_table(GOLDEN_TABLE, N_LAYERS)
+        reqs = requests(conditions=(0, 1, 2), samples=2)
+        cases = dict(GOLDEN_CASES)
+        for name, sampling in cases.items():
+            res = run(m, reqs, table, sampling=sampling, batch_size=7)
+            out[f"{arch}/{name}"] = {"|".join(map(str, k)): c.token_ids for k, c in sorted(res.items())}
+        first = out[f"{arch}/nucleus_top64"]
+        stop = (eos or {}).get(arch) or [first["0|0|0"][3], first["1|1|1"][1]]
+        res = run(m, reqs, table, sampling=SAMPLING, eos=stop, batch_size=5)
+        out[f"{arch}/eos"] = {
+            "eos_ids": stop,
+            **{"|".join(map(str, k)): [c.finish_reason, *c.token_ids] for k, c in sorted(res.items())},
+        }
+    return out
+
+
+def test_golden_fp32_token_ids():
+    want = json.loads(GOLDEN.read_text())
+    got = golden_outputs({arch: want[f"{arch}/eos"]["eos_ids"] for arch in ("qwen2", "llama")})
+    assert set(got) == set(want)
+    for case in want:
+        assert got[case] == want[case], case
+
+
+if __name__ == "__main__":  # python -m bt_assets_tests.test_engine: (re)write the golden fixture
+    data = golden_outputs()
+    lines = [
+        f"  {json.dumps(case)}: {{\n"
+        + ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(data[case].items()))
+        + "\n  }"
+        for case in sorted(data)
+    ]
+    GOLDEN.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    print(f"wrote {GOLDEN}")

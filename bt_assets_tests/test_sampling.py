@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from bt_assets.lib.sampling import sample_logits, stable_key, uniforms
+from bt_assets.lib.sampling import _topk_sorted, sample_logits, stable_key, uniforms
 
 M64 = (1 << 64) - 1
 
@@ -113,3 +113,30 @@ def test_rows_are_independent():
     batch = sample_logits(logits, u, 0.7, 0.95, 64)
     single = torch.cat([sample_logits(logits[i : i + 1], u[i : i + 1], 0.7, 0.95, 64) for i in range(8)])
     assert torch.equal(batch, single)
+
+
+def reference_topk(logits: torch.Tensor, k: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The definition: float32 logits / T stably sorted by value (ties: ascending id), first k."""
+    vals, ids = torch.sort(logits.float() / temperature, dim=-1, descending=True, stable=True)
+    return vals[:, :k], ids[:, :k]
+
+
+def test_topk_candidates_equal_a_full_sort_under_ties():
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(6, 700, generator=g) * 4
+    zeros = torch.randn(6, 700, generator=g)
+    zeros[:, ::3], zeros[:, 1::7] = 0.0, -0.0  # +0 and -0 tie
+    cases = {
+        "bf16": base.bfloat16(),  # few distinct values: many ties at the k-th
+        "half": base.half(),
+        "coarse": (base * 2).round() / 2,  # >2k tokens tie at the k-th: full-vocabulary fallback
+        "zeros": zeros,
+        "scaled_ties": base * 1e-4 + 100.0,  # distinct raw values that tie after / T
+    }
+    for name, logits in cases.items():
+        for k in (1, 5, 64, 351, 700):
+            for temperature in (0.3, 0.7, 1.0, 1.7):
+                vals, ids = _topk_sorted(logits, k, temperature)
+                want_vals, want_ids = reference_topk(logits, k, temperature)
+                assert torch.equal(ids, want_ids), (name, k, temperature)
+                assert torch.equal(vals, want_vals), (name, k, temperature)

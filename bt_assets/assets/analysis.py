@@ -103,7 +103,7 @@ def build(profile: Profile) -> list:
         )
         return out
 
-    @dg.asset(group_name="analysis", kinds=GPU_KINDS, pool="gpu")
+    @dg.asset(group_name="analysis", kinds=GPU_KINDS, pool="gpu", op_tags=profile.k8s_gpu_op_tags())
     def logit_lens(
         context: dg.AssetExecutionContext,
         model: HookedModel,
@@ -155,7 +155,7 @@ def build(profile: Profile) -> list:
         context.add_output_metadata(provenance_metadata(profile, preview=table_md(df.select(first[:7]), 40)))
         return df
 
-    @dg.asset(group_name="analysis", kinds=GPU_KINDS, pool="gpu")
+    @dg.asset(group_name="analysis", kinds=GPU_KINDS, pool="gpu", op_tags=profile.k8s_gpu_op_tags())
     def ablation_scan(
         context: dg.AssetExecutionContext,
         model: HookedModel,
@@ -165,11 +165,8 @@ def build(profile: Profile) -> list:
         """For every (layer, component): change in the onset token's logit and log-prob when that
         component's output is scaled by ``analysis.scan_scale`` at the prediction position only."""
         n_layers = len(decoder_layers(model.model))
+        profile.check_layers(n_layers)  # ConfigError naming analysis.layers.N (and any other bad layer key)
         layers = list(range(n_layers)) if a.layers == "all" else a.layers
-        if max(layers, default=0) >= n_layers:
-            raise ValueError(
-                f"analysis.layers: layer {max(layers)} out of range for a {n_layers}-layer model"
-            )
         table, variants = teacher.single_component_table(n_layers, a.components, layers, a.scan_scale)
         events = probes(
             event_sample.filter(pl.col("kind") == "bt"),

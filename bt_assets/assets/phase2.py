@@ -14,7 +14,7 @@ from bt_assets.assets.common import (
     table_md,
 )
 from bt_assets.assets.events import golds_of
-from bt_assets.assets.phase1 import generate_cells
+from bt_assets.assets.phase1 import generate_cells, verify_chunks
 from bt_assets.config import Profile
 from bt_assets.lib import sweep_stats, teacher
 from bt_assets.lib.events import events_from_generations
@@ -71,6 +71,7 @@ def build(profile: Profile) -> list:
         group_name="phase2",
         kinds=GPU_KINDS,
         pool="gpu",
+        op_tags=profile.k8s_gpu_op_tags(),
         partitions_def=sweep_partitions(profile),
         backfill_policy=dg.BackfillPolicy.single_run(),
     )
@@ -83,6 +84,7 @@ def build(profile: Profile) -> list:
         """Phase-2 completions per sweep cell (subset x scale), decode-only ablation, all cells of the
         run decoding together in condition-batched rows; hook calls counted per cell and phase."""
         n_layers = len(decoder_layers(model.model))
+        profile.check_layers(n_layers)  # configured layers first: the error names phase2.subsets.N...
         cells = [cell_of(k, sweep_prompts, selected_layers) for k in context.partition_keys]
         for c in cells:
             check_layers(list(c.scales), n_layers, f"phase2 cell {c.key}")
@@ -100,6 +102,22 @@ def build(profile: Profile) -> list:
                 profile, cells=len(reports), rows=sum(r.rows for r in reports.values())
             )
         )
+
+    @dg.asset_check(
+        asset=sweep_generations,
+        name="chunks_verify",
+        blocking=True,
+        additional_ins={
+            "sweep_prompts": dg.AssetIn("sweep_prompts"),
+            "selected_layers": dg.AssetIn("selected_layers"),
+        },
+    )
+    def sweep_chunks_verify(
+        context: dg.AssetCheckExecutionContext, sweep_prompts: pl.DataFrame, selected_layers: dict
+    ):
+        """Materialized cells are intact: manifest present, every chunk file with its recorded sha256."""
+        cells = [cell_of(k, sweep_prompts, selected_layers) for k in cells_by_key]
+        return verify_chunks(context, profile, cells, "sweep_generations", p2.samples_per_prompt)
 
     def read_sweep(prompts: pl.DataFrame, selected: dict) -> tuple[list[Cell], pl.DataFrame]:
         cells = [cell_of(k, prompts, selected) for k in cells_by_key]
@@ -216,7 +234,7 @@ def build(profile: Profile) -> list:
             metadata={"problems": "; ".join(problems_found) or "none"},
         )
 
-    @dg.asset(group_name="phase2", kinds=GPU_KINDS, pool="gpu")
+    @dg.asset(group_name="phase2", kinds=GPU_KINDS, pool="gpu", op_tags=profile.k8s_gpu_op_tags())
     def continuation_ablation(
         context: dg.AssetExecutionContext,
         model: HookedModel,
@@ -231,6 +249,7 @@ def build(profile: Profile) -> list:
         if cfg is None:
             return pl.DataFrame()
         n_layers = len(decoder_layers(model.model))
+        profile.check_layers(n_layers)
         comps = subset_components(subsets[cfg.subset], selected_layers)
         check_layers(comps, n_layers, f"phase2.continuation.subset {cfg.subset}")
         table = torch.ones(1 + len(cfg.scales), n_layers, len(COMPONENTS))
@@ -261,4 +280,12 @@ def build(profile: Profile) -> list:
         )
         return df
 
-    return [sweep_prompts, sweep_generations, sweep_events, sweep_results, hook_stats, continuation_ablation]
+    return [
+        sweep_prompts,
+        sweep_generations,
+        sweep_chunks_verify,
+        sweep_events,
+        sweep_results,
+        hook_stats,
+        continuation_ablation,
+    ]

@@ -2,9 +2,11 @@
 
 Layout: ``root / safe_name(cell_key) / fingerprint / chunk-{index:05d}.parquet`` plus ``manifest.json``.
 A chunk file that exists is complete: it is written to a temp file in the same directory, fsynced and
-renamed with ``os.replace`` (atomic on POSIX). The fingerprint hashes everything that determines the
-outputs, so a config change lands in a fresh directory and never reuses stale chunks. One writer per cell
-is assumed (the GPU pool runs one run at a time).
+renamed with ``os.replace`` (atomic on POSIX). Still, nothing on disk is trusted blindly: a resume asks
+``unusable`` (truncated, short of rows, or not the bytes the manifest recorded) and moves such chunks
+aside to be regenerated; readers go through ``verify`` (manifest, sizes, sha256). The fingerprint hashes
+everything that determines the outputs, so a config change lands in a fresh directory and never reuses
+stale chunks. One writer per cell is assumed (the GPU pool runs one run at a time).
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import polars as pl
 
@@ -62,25 +63,46 @@ def _os_error(e: OSError, path: Path, action: str) -> OSError:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename); clear errors on failure."""
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write via a same-directory temp file + fsync + os.replace; OSErrors re-raised with path and hint."""
+    """Write ``data`` to ``path`` atomically: a same-directory temp file (``O_EXCL``), every byte written,
+    fsynced, then ``os.replace``. On ANY failure the temp file is removed and ``path`` is untouched (an
+    existing file keeps its old content); an OSError is re-raised with its errno, naming ``path``, the
+    cause and what to do."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{_TMP_SUFFIX}")
+    fd: int | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (and raises ENOSPC/EDQUOT when the disk fills)
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
+    except BaseException as e:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise _os_error(e, path, "writing") from e
+        if isinstance(e, OSError):
+            raise _os_error(e, path, "writing") from e
+        raise
+    _fsync_dir(path.parent)
+
+
+def parquet_bytes(df: pl.DataFrame) -> bytes:
+    """``df`` serialised as parquet in memory (so that file-system errors surface as real OSErrors:
+    polars reports a full disk as a ComputeError without errno or path)."""
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    return buf.getvalue()
+
+
+def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+    """``df`` as a parquet file at ``path``, atomically (see ``atomic_write_bytes``)."""
+    atomic_write_bytes(path, parquet_bytes(df))
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -142,10 +164,18 @@ class ChunkStore:
         """Atomically write chunk ``index`` (replacing it if present); invalidates any manifest."""
         path = self.path(index)
         self.clean_temp(index)
-        _atomic_write(path, df.write_parquet)
-        with contextlib.suppress(FileNotFoundError):
-            self.manifest_path.unlink()
+        self._drop_manifest()  # first: a kill after the rename must not leave a disagreeing manifest
+        atomic_write_parquet(path, df)
         return path
+
+    def _drop_manifest(self) -> None:
+        """Invalidate the manifest (before any chunk changes)."""
+        try:
+            self.manifest_path.unlink(missing_ok=True)
+        except NotADirectoryError:
+            pass  # no directory, so no manifest: the write that follows reports the real problem
+        except OSError as e:
+            raise _os_error(e, self.manifest_path, "removing the stale manifest") from e
 
     def read(self, index: int) -> pl.DataFrame:
         """One chunk; a corrupt or truncated file raises ChunkStoreError naming it."""
@@ -156,6 +186,47 @@ class ChunkStore:
             raise ChunkStoreError(f"missing chunk file {path}") from e
         except (pl.exceptions.PolarsError, OSError, ValueError) as e:
             raise ChunkStoreError(f"corrupt or unreadable chunk file {path}: {e}") from e
+
+    def unusable(self, expected_rows: list[int], sidecar: str | None = None) -> dict[int, str]:
+        """Chunks on disk that a resume must NOT reuse, with the reason: unreadable or truncated parquet,
+        a row count other than ``expected_rows[index]``, a sha256 that differs from the manifest (when one
+        is readable), or a missing ``chunk-NNNNN<sidecar>`` file (when ``sidecar`` is given)."""
+        try:
+            m = self.manifest()
+        except (OSError, ValueError):
+            m = None  # rewritten by the next finalize
+        recorded = {}
+        if isinstance(m, dict) and m.get("fingerprint") == self.fingerprint:
+            recorded = {c.get("file"): c.get("sha256") for c in m.get("chunks") or [] if isinstance(c, dict)}
+        bad = {}
+        for i in self.indices():
+            if i >= len(expected_rows):
+                continue
+            path = self.path(i)
+            try:
+                rows = self.read(i).height
+            except ChunkStoreError as e:
+                bad[i] = str(e)
+                continue
+            if rows != expected_rows[i]:
+                bad[i] = f"{path} has {rows} rows, expected {expected_rows[i]} (incomplete chunk)"
+            elif path.name in recorded and file_sha256(path) != recorded[path.name]:
+                bad[i] = f"{path} sha256 differs from the manifest"
+            elif sidecar is not None and not path.with_name(f"chunk-{i:05d}{sidecar}").is_file():
+                bad[i] = f"{path} has no {path.with_name(f'chunk-{i:05d}{sidecar}').name}"
+        return bad
+
+    def quarantine(self, index: int) -> Path:
+        """Move a bad chunk file aside (``chunk-NNNNN.parquet.corrupt``, kept for inspection) so that it is
+        regenerated; returns the new path."""
+        path = self.path(index)
+        dest = path.with_name(path.name + ".corrupt")
+        self._drop_manifest()
+        try:
+            os.replace(path, dest)
+        except OSError as e:
+            raise _os_error(e, path, "moving a corrupt chunk aside") from e
+        return dest
 
     def missing(self, expected_chunks: int) -> list[int]:
         present = set(self.indices())
@@ -198,7 +269,7 @@ class ChunkStore:
             "meta": meta,
         }
         data = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode("utf-8")
-        _atomic_write(self.manifest_path, lambda f: f.write(data))
+        atomic_write_bytes(self.manifest_path, data)
         self.clean_temp()
         return manifest
 

@@ -10,15 +10,17 @@ leaves the batch (its cache rows are dropped), so finished rows cost nothing.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from bt_assets.lib.hooks import HookState, ablation_hooks
+from bt_assets.lib.hooks import HookState, ablation_hooks, decoder_layers
 from bt_assets.lib.sampling import as_int64, sample_logits, uniforms
 
 
@@ -73,6 +75,237 @@ def _left_pad(prompts: Sequence[tuple[int, ...]], pad_id: int) -> tuple[torch.Te
     return ids, mask
 
 
+@functools.cache
+def _slab_layer_class() -> type:
+    """Built on first use, so importing the engine does not import transformers (definitions stay light)."""
+    from transformers.cache_utils import DynamicLayer
+
+    class SlabLayer(DynamicLayer):
+        """A KV-cache layer with its room allocated up front: each step writes in place and attention reads a
+        view, instead of ``DynamicLayer``'s ``torch.cat`` that copies the whole cache on every step."""
+
+        is_croppable = False
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            b, h, _, d = key_states.shape
+            self.k_buf = key_states.new_empty(b, h, self.capacity, d)
+            self.v_buf = value_states.new_empty(
+                b, value_states.shape[1], self.capacity, value_states.shape[-1]
+            )
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, q = self.length, key_states.shape[-2]
+            if n + q > self.capacity:
+                raise RuntimeError(f"KV slab full: {n} + {q} > {self.capacity}")
+            self.k_buf[:, :, n : n + q] = key_states
+            self.v_buf[:, :, n : n + q] = value_states
+            self.length = n + q
+            self.keys, self.values = self.k_buf[:, :, : n + q], self.v_buf[:, :, : n + q]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def get_max_length(self) -> int:
+            return self.capacity
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep (or repeat) batch rows ``indices``: copies only the filled part of the slab."""
+            if not self.is_initialized:
+                return
+            n = self.length
+            for name in ("k_buf", "v_buf"):
+                old = getattr(self, name)
+                new = old.new_empty(len(indices), *old.shape[1:])
+                new[:, :, :n] = old[indices, :, :n]
+                setattr(self, name, new)
+            self.keys, self.values = self.k_buf[:, :, :n], self.v_buf[:, :, :n]
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            idx = torch.arange(self.k_buf.shape[0], device=self.k_buf.device) if self.is_initialized else None
+            if idx is not None:
+                self.batch_select_indices(idx.repeat_interleave(repeats))
+
+    return SlabLayer
+
+
+def slab_cache(n_layers: int, capacity: int):
+    """A KV cache of ``n_layers`` slab layers holding up to ``capacity`` positions per row."""
+    from transformers.cache_utils import Cache
+
+    layer = _slab_layer_class()
+    return Cache(layers=[layer(capacity) for _ in range(n_layers)])
+
+
+SHARED_ATTENTION = "bt_shared_prefix"  # the attention implementation name the decode steps switch to
+
+
+@functools.cache
+def _shared_prefix_cache_class() -> type:
+    """The shared-prefix cache and its attention function (registered with transformers on first use).
+
+    Decode attention of a row = attention over its prompt's K/V (the same for every sample and condition
+    of that prompt) + attention over its own generated K/V, merged by their log-sum-exps. The prompt part
+    runs once per prompt for all its rows' queries (G rows x g query heads per KV head: a real matrix
+    product instead of G matrix-vector products re-reading the same K/V), so the prompt's K/V are read
+    once per prompt rather than once per row, and never copied to the rows. K/V are kept and the scores,
+    softmax and weighted sum computed in float32 (as the fused kernels do internally), whatever the
+    model's dtype."""
+    from transformers import AttentionInterface
+    from transformers.cache_utils import Cache, DynamicLayer
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+        cache = kwargs.pop("bt_shared_prefix", None)
+        if cache is None or query.shape[2] != 1:  # anything but a cached one-token step: plain sdpa
+            return sdpa_attention_forward(
+                module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+            )
+        return cache.attend(module.layer_idx, query, key, value, scaling), None
+
+    AttentionInterface.register(SHARED_ATTENTION, attention)
+
+    class PrefixLayer(DynamicLayer):
+        """One layer: the distinct prompts' K/V (P, Hkv, W, D) from the prefill, and a float32 slab of the
+        rows' generated K/V (B, Hkv, capacity, D) written in place."""
+
+        is_croppable = False
+
+        def __init__(self, capacity: int) -> None:
+            super().__init__()
+            self.capacity, self.length, self.prefix_len = capacity, 0, 0
+            self.prefix_k = self.prefix_v = self.k_buf = self.v_buf = None
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            self.is_initialized = True
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            if self.prefix_k is None:  # the prefill of the distinct prompts: sdpa attends to these
+                self.prefix_k, self.prefix_v = key_states.float(), value_states.float()
+                self.prefix_len = key_states.shape[-2]
+                return key_states, value_states
+            n, q = self.length, key_states.shape[-2]
+            if self.k_buf is None:
+                b, h, _, d = key_states.shape
+                self.k_buf = torch.empty(b, h, self.capacity, d, device=self.device)
+                self.v_buf = torch.empty(b, h, self.capacity, value_states.shape[-1], device=self.device)
+            if n + q > self.capacity:
+                raise RuntimeError(f"KV slab full: {n} + {q} > {self.capacity}")
+            self.k_buf[:, :, n : n + q] = key_states
+            self.v_buf[:, :, n : n + q] = value_states
+            self.length = n + q
+            self.keys, self.values = self.k_buf[:, :, : n + q], self.v_buf[:, :, : n + q]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.prefix_len + self.length
+
+        def get_max_length(self) -> int:
+            return -1
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            """Keep rows ``indices`` of the generated part (the prompts' part is per prompt)."""
+            if self.k_buf is None:
+                return
+            n = self.length
+            for name in ("k_buf", "v_buf"):
+                old = getattr(self, name)
+                new = old.new_empty(len(indices), *old.shape[1:])
+                new[:, :, :n] = old[indices, :, :n]
+                setattr(self, name, new)
+            self.keys, self.values = self.k_buf[:, :, :n], self.v_buf[:, :, :n]
+
+    class SharedPrefixCache(Cache):
+        def __init__(self, n_layers: int, capacity: int, prompt_mask: torch.Tensor) -> None:
+            super().__init__(layers=[PrefixLayer(capacity) for _ in range(n_layers)])
+            keep = prompt_mask.bool()[:, None, None, :]  # (P, 1, 1, W): the prompts' left padding
+            self.bias = torch.zeros(keep.shape, device=keep.device).masked_fill(~keep, float("-inf"))
+            self.n_prompts = prompt_mask.shape[0]
+
+        def set_rows(self, src: torch.Tensor) -> None:
+            """Row r decodes prompt ``src[r]``: lay the rows out as (prompt, slot) with G slots each."""
+            counts = torch.bincount(src, minlength=self.n_prompts)
+            g = max(int(counts.max()), 1)
+            order = torch.argsort(src, stable=True)
+            slot = torch.arange(len(src), device=src.device) - (counts.cumsum(0) - counts)[src[order]]
+            flat = src[order] * g + slot
+            self.src, self.slots = src, g
+            self.row_flat = torch.empty_like(src)
+            self.row_flat[order] = flat  # row -> its (prompt, slot) position
+            self.gather = torch.zeros(self.n_prompts * g, dtype=torch.long, device=src.device)
+            self.gather[flat] = order  # (prompt, slot) -> row; empty slots compute row 0, never read
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            self.set_rows(self.src[indices])
+            super().batch_select_indices(indices)
+
+        def attend(self, layer_idx, query, key, value, scaling) -> torch.Tensor:
+            """(B, 1, H, D) attention output of one decode step (query (B, H, 1, D); key/value: the rows'
+            generated K/V (B, Hkv, n, D) float32, the current token included)."""
+            layer = self.layers[layer_idx]
+            kp, vp = layer.prefix_k, layer.prefix_v
+            b, h, _, d = query.shape
+            n_p, hkv, g_rows = kp.shape[0], kp.shape[1], self.slots
+            g = h // hkv
+            scale = scaling if scaling is not None else d**-0.5
+            q = query.reshape(b, hkv, g, d).float()
+            qp = q[self.gather].view(n_p, g_rows, hkv, g, d).transpose(1, 2).reshape(n_p, hkv, g_rows * g, d)
+            s1 = torch.matmul(qp, kp.transpose(-1, -2)).mul_(scale).add_(self.bias)
+            m1 = s1.amax(-1, keepdim=True)
+            e1 = s1.sub_(m1).exp_()
+            l1, o1 = e1.sum(-1, keepdim=True), torch.matmul(e1, vp)
+
+            def rows(x: torch.Tensor) -> torch.Tensor:  # (P, Hkv, G*g, k) -> (B, Hkv, g, k)
+                k = x.shape[-1]
+                x = x.view(n_p, hkv, g_rows, g, k).transpose(1, 2).reshape(n_p * g_rows, hkv, g, k)
+                return x[self.row_flat]
+
+            o1, m1, l1 = rows(o1), rows(m1), rows(l1)
+            s2 = torch.matmul(q, key.transpose(-1, -2)).mul_(scale)
+            m2 = s2.amax(-1, keepdim=True)
+            e2 = s2.sub_(m2).exp_()
+            l2, o2 = e2.sum(-1, keepdim=True), torch.matmul(e2, value)
+            m = torch.maximum(m1, m2)
+            a1, a2 = (m1 - m).exp_(), (m2 - m).exp_()
+            out = (o1 * a1 + o2 * a2) / (l1 * a1 + l2 * a2)
+            return out.reshape(b, 1, h, d).to(query.dtype)
+
+    return SharedPrefixCache
+
+
+def shared_attention_supported(model: nn.Module) -> bool:
+    """The shared-prefix decode attention fits Llama/Qwen2-style models on sdpa without sliding windows."""
+    cfg = getattr(model, "config", None)
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if cfg is None or layers is None or getattr(cfg, "_attn_implementation", None) != "sdpa":
+        return False
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return False
+    return all(getattr(layer.self_attn, "config", None) is cfg for layer in layers)
+
+
+@contextmanager
+def _attention_implementation(model: nn.Module, name: str) -> Iterator[None]:
+    cfg = model.config
+    old = cfg._attn_implementation
+    cfg._attn_implementation = name
+    try:
+        yield
+    finally:
+        cfg._attn_implementation = old
+
+
 @torch.inference_mode()
 def decode_batch(
     model: nn.Module,
@@ -81,50 +314,120 @@ def decode_batch(
     sampling: SamplingConfig,
     eos_ids: Sequence[int],
     pad_id: int,
+    eos_check_every: int | None = None,
+    shared_attention: bool | None = None,
 ) -> list[Completion]:
-    """Sample every row of one batch to its EOS or ``max_new_tokens``; hooks read ``state`` per forward."""
+    """Sample every row of one batch to its EOS or ``max_new_tokens``; hooks read ``state`` per forward.
+
+    The prompt is prefilled ONCE per distinct prompt of the batch (decode-only hooks leave the prefill
+    alone, so every sample and condition of a problem shares it) and its KV cache is copied to the rows.
+    Decoding writes K/V in place into a preallocated slab; tokens and each row's first EOS step stay on
+    the device until the end. Host syncs per step: the sampler's tie check, and, every
+    ``eos_check_every`` steps (default 1 on CPU where a sync is free, 8 on an accelerator), the check
+    that drops finished rows (a finished row may decode a few more tokens that are thrown away: no other
+    row depends on it, so the outputs are the same).
+
+    ``shared_attention`` attends to each prompt's K/V once for all its rows instead of copying them to
+    every row (see ``_shared_prefix_cache_class``); off, the rows get copies of the prompt's K/V in a slab
+    and sdpa. Default: on for a bf16/fp16 model on CPU (decode attention there is bound by re-reading the
+    prompt's K/V per row), off for fp32, whose outputs stay those of sdpa token for token (the shared
+    path's float32 sums run in another order: the same tokens but for an occasional rounding-level tie).
+    """
+    if not state.decode_only:
+        raise ValueError(
+            "decode_batch shares the prompt prefill across conditions: hooks must be decode_only"
+        )
     dev = next(model.parameters()).device
-    ids, mask = (t.to(dev) for t in _left_pad([r.prompt_ids for r in batch], pad_id))
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T) positions count real tokens only
-    keys = as_int64([r.problem_key for r in batch])
-    samples = torch.tensor([r.sample_id for r in batch])
-    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=dev)
-    alive = torch.arange(len(batch))  # batch row of each live row (host)
-    out_ids: list[list[int]] = [[] for _ in batch]
-    stopped = [False] * len(batch)
+    distinct: dict[tuple[int, ...], int] = {}
+    src = torch.tensor([distinct.setdefault(r.prompt_ids, len(distinct)) for r in batch], device=dev)
+    ids, mask = (t.to(dev) for t in _left_pad(list(distinct), pad_id))
+    width, steps, n = ids.shape[1], sampling.max_new_tokens, len(batch)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, T) positions count real tokens only
+    if shared_attention is None:
+        low_precision = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+        shared_attention = dev.type == "cpu" and low_precision and shared_attention_supported(model)
+    elif shared_attention and not shared_attention_supported(model):
+        raise ValueError("shared_attention needs a Llama/Qwen2-style sdpa model without sliding windows")
+    n_layers = len(decoder_layers(model))
+    if shared_attention:
+        cache = _shared_prefix_cache_class()(n_layers, steps - 1, mask)
+    else:
+        cache = slab_cache(n_layers, width + steps - 1)
+    # hooks count the prefill call for every condition of the batch; decode-only, they scale nothing
     state.row_condition = torch.tensor([r.condition for r in batch], device=dev)
     state.positions, state.phase = None, "prefill"
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, logits, pos = out.past_key_values, out.logits[:, -1], pos[:, -1:]
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[:, -1][src]  # (n, V): each row starts from its prompt's prefill
+    if shared_attention:
+        cache.set_rows(src)
+    else:
+        cache.batch_select_indices(src)
+    # (n, 1, 1, T + steps) attention mask handed to the model as is: the prompt's padding, then all ones
+    attend = torch.ones(n, 1, 1, width + steps, dtype=torch.bool, device=dev)
+    attend[:, 0, 0, :width] = mask[src].bool()
+    pos = pos[src, -1:]
+    keys = as_int64([r.problem_key for r in batch]).to(dev)
+    samples = torch.tensor([r.sample_id for r in batch], device=dev)
+    eos = torch.tensor(sorted(set(eos_ids)), dtype=torch.long, device=dev)
+    every = eos_check_every or (1 if dev.type == "cpu" else 8)
     state.phase = "decode"
-    for t in range(sampling.max_new_tokens):
+    shared_kw = {"bt_shared_prefix": cache} if shared_attention else {}
+    switch = _attention_implementation(model, SHARED_ATTENTION) if shared_attention else nullcontext()
+    with switch:
+        rows, ends = _decode_steps(
+            model, cache, state, sampling, logits, keys, samples, eos, attend, pos, width, every, shared_kw
+        )
+    return [
+        Completion(r, rows[i][: ends[i]], "stop" if ends[i] < steps else "length")
+        for i, r in enumerate(batch)
+    ]
+
+
+def _decode_steps(
+    model, cache, state, sampling, logits, keys, samples, eos, attend, pos, width, every, shared_kw
+):
+    """The decode loop of ``decode_batch``: (token ids per row, step of each row's first EOS or steps)."""
+    n, steps, dev = len(keys), sampling.max_new_tokens, logits.device
+    alive = torch.arange(n, device=dev)  # batch row of each live row
+    tokens = torch.full((n, steps), -1, dtype=torch.long, device=dev)
+    stop_at = torch.full((n,), steps, dtype=torch.long, device=dev)  # step of the row's EOS; steps = none
+    for t in range(steps):
         u = uniforms(sampling.seed, keys[alive], samples[alive], t)  # (b,) shared by all conditions
         nxt = sample_logits(logits, u, sampling.temperature, sampling.top_p, sampling.top_k)  # (b,)
-        hit = torch.isin(nxt, eos)
-        for r, tok, h in zip(alive.tolist(), nxt.tolist(), hit.tolist(), strict=True):
-            stopped[r] = h
-            if not h:
-                out_ids[r].append(tok)
-        live = ~hit.cpu()
-        if t == sampling.max_new_tokens - 1 or not bool(live.any()):
+        tokens[alive, t] = nxt
+        if eos.numel():  # the first EOS of each row
+            first = stop_at[alive]
+            stop_at[alive] = torch.where((first == steps) & torch.isin(nxt, eos), t, first)
+        if t == steps - 1:
             break
-        if not bool(live.all()):  # drop finished rows from every per-row tensor and the cache
-            keep = live.nonzero().squeeze(1)
-            alive, nxt, mask, pos = alive[keep], nxt[keep.to(dev)], mask[keep.to(dev)], pos[keep.to(dev)]
-            cache.batch_select_indices(keep.to(dev))
-            state.row_condition = state.row_condition[keep.to(dev)]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        if eos.numel() and (t + 1) % every == 0:
+            live = stop_at[alive] == steps
+            if not bool(live.all()):  # drop finished rows from every per-row tensor and the cache
+                keep = live.nonzero().squeeze(1)
+                if keep.numel() == 0:
+                    break
+                alive, nxt, attend, pos = alive[keep], nxt[keep], attend[keep], pos[keep]
+                cache.batch_select_indices(keep)
+                state.row_condition = state.row_condition[keep]
         pos = pos + 1
         out = model(
             input_ids=nxt.unsqueeze(1),
-            attention_mask=mask,
+            attention_mask=None if shared_kw else attend[..., : width + t + 1],
             position_ids=pos,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **shared_kw,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1]
-    return [Completion(r, out_ids[i], "stop" if stopped[i] else "length") for i, r in enumerate(batch)]
+        logits = out.logits[:, -1]
+    return tokens.tolist(), stop_at.tolist()
 
 
 def batch_order(requests: Sequence[Request]) -> list[int]:
@@ -142,6 +445,8 @@ def generate(
     batch_size: int = 64,
     hook_state_out: HookState | None = None,
     progress: Callable[[dict], None] | None = None,
+    eos_check_every: int | None = None,
+    shared_attention: bool | None = None,
 ) -> Iterator[list[Completion]]:
     """Yield the completions of each finished batch (in ``batch_order``, not request order).
 
@@ -156,7 +461,9 @@ def generate(
     for start in range(0, len(order), batch_size):
         batch = [requests[i] for i in order[start : start + batch_size]]
         with ablation_hooks(model, state):
-            comps = decode_batch(model, batch, state, sampling, eos_ids, pad_id)
+            comps = decode_batch(
+                model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention
+            )
         done, tokens = done + len(comps), tokens + sum(c.n_tokens for c in comps)
         if progress is not None:
             progress(_progress(done, len(requests), tokens, time.perf_counter() - t0))

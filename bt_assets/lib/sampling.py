@@ -70,19 +70,46 @@ def uniforms(
     return _shr(h, 11).double() * 2.0**-53
 
 
-def _topk_sorted(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k (values, ids) per row ordered by (-value, id), ties at the k-th value resolved by id."""
-    vals, idx = torch.topk(logits, k, dim=-1)  # (B, k)
-    kth = vals[:, -1:]
-    ambiguous = (logits == kth).sum(-1) > (vals == kth).sum(-1)  # topk may pick any of the tied ids
-    if bool(ambiguous.any()):
-        rows = ambiguous.nonzero().squeeze(1)
-        s_vals, s_idx = torch.sort(logits[rows], dim=-1, descending=True, stable=True)
-        vals[rows], idx[rows] = s_vals[:, :k], s_idx[:, :k]
-    idx, order = idx.sort(-1)  # ids ascending, then a stable sort by value: order = (-value, id)
-    vals = vals.gather(-1, order)
-    vals, order = vals.sort(dim=-1, descending=True, stable=True)
-    return vals, idx.gather(-1, order)
+def _order_keys(vals: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """int64 keys, unique per row, whose descending order is (-value, id): float32 bits made monotone
+    (sign-magnitude to two's complement; -0.0 folded onto +0.0) in the high half, ~id in the low half."""
+    bits = (vals.float() + 0.0).view(torch.int32)
+    bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return (bits.long() << 32) + (0xFFFFFFFF - ids.long())
+
+
+def _by_key(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first k of (vals, ids) per row in (-value, id) order (ids = each value's token id)."""
+    keys = _order_keys(vals, ids)
+    if k == keys.shape[-1]:
+        order = keys.sort(dim=-1, descending=True).indices
+    else:
+        order = keys.topk(k, dim=-1).indices
+    return vals.gather(-1, order), ids.gather(-1, order)
+
+
+def _topk_sorted(logits: torch.Tensor, k: int, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k (values, ids) of float32 ``logits / temperature`` per row, ordered by (-value, id): ties at
+    the k-th value are resolved by id.
+
+    Scaling is monotone, so a ``topk`` of 2k candidates on the raw logits (any float dtype; no copy of the
+    vocabulary) holds every token whose scaled value reaches the k-th one, unless the 2k-th candidate
+    reaches it too (then that row is ranked over the whole vocabulary). Candidates are ranked exactly by
+    integer keys, so even heavily tied bf16 logits never need a sort of the vocabulary."""
+    vocab = logits.shape[-1]
+    if 2 * k >= vocab:
+        scaled = logits.float() / temperature
+        return _by_key(scaled, torch.arange(vocab, device=logits.device).expand_as(scaled), k)
+    cand_vals, cand_ids = torch.topk(logits, 2 * k, dim=-1)  # sorted, descending
+    cand_vals = cand_vals.float() / temperature
+    vals, idx = _by_key(cand_vals, cand_ids, k)
+    crowded = cand_vals[:, -1] >= vals[:, -1]  # the 2k-th candidate ties the k-th: tokens may be missing
+    if bool(crowded.any()):
+        rows = crowded.nonzero().squeeze(1)
+        scaled = logits[rows].float() / temperature
+        ids = torch.arange(vocab, device=logits.device).expand_as(scaled)
+        vals[rows], idx[rows] = _by_key(scaled, ids, k)
+    return vals, idx
 
 
 def sample_logits(
@@ -97,15 +124,17 @@ def sample_logits(
     than by probability means that two nearly tied tokens swapping rank under rounding noise (another
     batch size, another kernel) changes nothing; only u landing within rounding of a boundary could.
     """
-    logits = logits.float()
     if temperature <= 0:
-        return logits.argmax(-1)
+        return logits.float().argmax(-1)
     vocab = logits.shape[-1]
     k = vocab if top_k <= 0 else min(top_k, vocab)
-    vals, idx = _topk_sorted(logits / temperature, k)  # (B, k) by (-prob, id)
+    vals, idx = _topk_sorted(logits, k, temperature)  # (B, k) by (-prob, id)
     probs = torch.softmax(vals, dim=-1)
     keep = (probs.cumsum(-1) - probs) < top_p  # the mass before this token is still short of top_p
     keep[:, 0] = True
+    if k > 256:  # drop the columns after every row's last nucleus token (they only sort behind it)
+        width = int((keep * torch.arange(1, k + 1, device=keep.device)).max())  # a host sync: large k only
+        keep, idx, probs = keep[:, :width], idx[:, :width], probs[:, :width]
     ids, order = torch.where(keep, idx, idx + vocab).sort(-1)  # nucleus first, in id order
     cum = torch.where(keep, probs, 0.0).gather(-1, order).double().cumsum(-1)
     target = u.to(cum.device, torch.float64) * cum[:, -1]  # renormalised: u scaled by the nucleus mass

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import polars as pl
 import torch
 
+from bt_assets.lib.engine import slab_cache
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
 
 
@@ -99,9 +100,10 @@ def score_at_onset(
     state.phase, state.decode_only, state.positions = "teacher", False, None
     ids = torch.tensor(event.ids[: event.pred_pos + 1], device=dev).unsqueeze(0)
     cache = None
-    if event.pred_pos > 0:
-        cache = model(ids[:, :-1], use_cache=True).past_key_values
-        cache.batch_repeat_interleave(rows)
+    if event.pred_pos > 0:  # the prefix once (no logits needed), its K/V copied to the R rows of a slab
+        cache = slab_cache(len(decoder_layers(model)), event.pred_pos + 1)
+        model(ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=dev))
     last = ids[:, -1:].expand(rows, 1)
     pos = torch.full((rows, 1), event.pred_pos, device=dev)
     with ablation_hooks(model, state):
@@ -111,7 +113,8 @@ def score_at_onset(
 
 @torch.inference_mode()
 def scan_bruteforce(model: torch.nn.Module, event: Event, table: torch.Tensor) -> torch.Tensor:
-    """Reference for ``score_at_onset``: one full forward over ``ids[:pred_pos+1]`` per table row."""
+    """Reference for ``score_at_onset``: one full forward over ``ids[:pred_pos+1]`` per table row (the
+    original's method; only the last position's logits are computed, which changes nothing)."""
     dev = _device(model)
     ids = torch.tensor(event.ids[: event.pred_pos + 1], device=dev).unsqueeze(0)
     out = []
@@ -124,7 +127,7 @@ def scan_bruteforce(model: torch.nn.Module, event: Event, table: torch.Tensor) -
             positions=torch.tensor([event.pred_pos], device=dev),
         )
         with ablation_hooks(model, state):
-            out.append(model(ids).logits[0, -1].float())
+            out.append(model(ids, logits_to_keep=1).logits[0, -1].float())
     return torch.stack(out)
 
 

@@ -1,0 +1,90 @@
+"""Progress of long generations: throttled lines (rows done, tok/s, ETA) from ``run_cells`` to a log
+callback such as Dagster's ``context.log.info``."""
+
+from __future__ import annotations
+
+import re
+
+import polars as pl
+
+from bt_assets.lib.engine import SamplingConfig
+from bt_assets.lib.generation import Cell, ProgressLog, run_cells
+from bt_assets_tests.conftest import EOS_ID, tiny_model
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_lines_are_throttled():
+    lines: list[str] = []
+    clock = Clock()
+    log = ProgressLog(lines.append, rows_total=100, every_s=10.0, clock=clock)
+    for rows in range(10, 101, 10):  # one batch of 10 rows every 3 s, two generate calls of 50 rows
+        clock.now += 3.0
+        log.batch_done({"rows_done": rows - 50 * (rows > 50), "tokens": 4 * (rows - 50 * (rows > 50))})
+        if rows == 50:
+            log.chunk_done()
+    # first batch (t=3), then t=15, t=27 (>= 10 s after the previous line), and the last batch (t=30)
+    assert len(lines) == 4 == log.lines
+    assert (
+        lines[0]
+        == "generation progress: 10/100 rows (10%), 40 tokens, 13.3 tok/s, elapsed 0:00:03, ETA 0:00:27"
+    )
+    assert lines[1].startswith("generation progress: 50/100 rows (50%), 200 tokens")
+    assert (
+        lines[-1].startswith("generation progress: 100/100 rows (100%), 400 tokens")
+        and "ETA 0:00:00" in lines[-1]
+    )
+
+
+def test_no_callback_no_lines():
+    log = ProgressLog(None, rows_total=4)
+    log.batch_done({"rows_done": 4, "tokens": 8})
+    assert log.lines == 0 and log.rows_now == 4
+
+
+def test_run_cells_reports_progress(tmp_path, demo_tokenizer):
+    prompts = pl.DataFrame(
+        {
+            "example_id": [0, 1, 2],
+            "prompt": ["What is 2 + 3?", "Add 4 and 5.", "Seven minus one?"],
+            "prompt_hash": ["a", "b", "c"],
+            "prompt_tokens": [8, 5, 4],
+        }
+    )
+    cells = [
+        Cell("v=base,c=base", "base", "base", prompts),
+        Cell("v=base,c=abl", "base", "abl", prompts, {("mlp", 1): 0.0}),
+    ]
+    lines: list[str] = []
+    kwargs = dict(
+        store_root=tmp_path,
+        sampling=SamplingConfig(temperature=1.0, top_p=0.95, top_k=64, max_new_tokens=4, seed=3),
+        samples=2,
+        chunk_problems=2,
+        batch_size=3,
+        eos_ids=[EOS_ID],
+        add_bos=False,
+        identity={"model": "tiny"},
+        provenance={},
+        log=lambda _m: None,
+        progress=lines.append,
+        progress_every_s=0.0,  # every batch
+    )
+    reports = run_cells(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
+    total = 2 * 3 * 2  # cells x problems x samples
+    assert sum(r.new_rows for r in reports.values()) == total
+    done = [int(re.search(r"progress: (\d+)/(\d+) rows", line).group(1)) for line in lines]
+    assert (
+        done == sorted(done) and done[-1] == total and len(lines) == 3 + 2
+    )  # batches of 3 rows: 8 rows in chunk 0, 4 in chunk 1
+    assert all(f"/{total} rows" in line and "tok/s" in line and "ETA" in line for line in lines)
+    assert all(r.tokens_per_s > 0 and r.seconds > 0 for r in reports.values())
+    lines.clear()  # a rerun reuses every chunk: nothing to generate, no progress lines
+    again = run_cells(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
+    assert not lines and all(r.new_rows == 0 for r in again.values())
