@@ -26,18 +26,6 @@ import generation as bench  # noqa: E402
 from bt_assets.lib.modeling import ModelSpec, load_tokenizer  # noqa: E402
 
 
-class UnsharedPrompt(tuple):
-    """A prompt equal only to itself: the engine then prefills it once per row (no shared prefill)."""
-
-    __hash__ = object.__hash__
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
-
-    def __ne__(self, other: object) -> bool:
-        return self is not other
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -59,10 +47,9 @@ def main() -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     bs = batch_sizes[0]
 
-    def run(dtype="bfloat16", batch=bs, top_k=bench.TOP_K, shared=None, prompts=ids):
-        return bench.engine_run(models[dtype], prompts, 4, tokens, conds, batch, top_k, shared)[0]
+    def run(dtype="bfloat16", batch=bs, top_k=bench.TOP_K, shared=None, unshared=False):
+        return bench.engine_run(models[dtype], ids, 4, tokens, conds, batch, top_k, shared, unshared)[0]
 
-    unshared = [UnsharedPrompt(p) for p in ids]
     variants = {}
     if args.only == "batch":
         for b in batch_sizes:
@@ -72,7 +59,7 @@ def main() -> None:
             "bf16 (engine default: shared prefill + shared-prefix attention)": lambda: run(),
             "bf16, attention: per-row KV copies + sdpa": lambda: run(shared=False),
             "bf16, no shared prefill (each row prefills its prompt), sdpa": lambda: run(
-                shared=False, prompts=unshared
+                shared=False, unshared=True
             ),
             "bf16, top-k 0 (nucleus over the whole vocabulary)": lambda: run(top_k=0),
             "fp32 (engine default: per-row KV copies + sdpa)": lambda: run("float32"),

@@ -81,7 +81,7 @@ def test_deep_merge_replaces_lists():
     assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
 
 
-@pytest.mark.parametrize("name", ["demo", "paper", "import_reference"])
+@pytest.mark.parametrize("name", ["demo", "paper"])
 def test_definitions_resolve_every_job(name):
     """Every job, schedule and check resolves (a job mixing partitions definitions fails only here,
     not at import, and would break the code location in the webserver)."""
@@ -89,8 +89,7 @@ def test_definitions_resolve_every_job(name):
 
     defs = build_definitions(load_profile(name))
     names = {job.name for job in defs.resolve_all_job_defs()}
-    if name != "import_reference":
-        assert {"phase1_job", "phase2_job", "sweep_job", "phase1_generation_job"} <= names
+    assert {"phase1_job", "phase2_job", "sweep_job", "phase1_generation_job"} <= names
     defs.resolve_asset_graph()
 
 

@@ -88,3 +88,32 @@ def test_run_cells_reports_progress(tmp_path, demo_tokenizer):
     lines.clear()  # a rerun reuses every chunk: nothing to generate, no progress lines
     again = run_cells(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
     assert not lines and all(r.new_rows == 0 for r in again.values())
+
+
+def test_generation_asset_logs_progress_and_throughput(tmp_path, tiny_dirs):
+    """The phase-1 generation asset passes its run log to ``run_cells``: progress lines land in the
+    Dagster run's event log, and each cell's materialization carries its throughput."""
+    import dagster as dg
+
+    from bt_assets.config import load_profile
+    from bt_assets.definitions import build_definitions
+    from bt_assets.launch import plan_waves, run_wave
+    from bt_assets_tests.conftest import write_profile
+
+    profile = load_profile(str(write_profile(tmp_path, tiny_dirs["qwen2"])))
+    defs = build_definitions(profile)
+    gens = dg.AssetKey("phase1_generations")
+    (tmp_path / "home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+        for wave in plan_waves(defs, {dg.AssetKey("problems"), dg.AssetKey("prompts"), gens}):
+            assert run_wave(defs, wave, instance)
+        records = instance.fetch_materializations(gens, limit=100).records
+        run_id = records[0].event_log_entry.run_id
+        messages = [e.user_message for e in instance.all_logs(run_id)]
+        progress = [m for m in messages if "generation progress:" in m]
+        assert progress and re.search(r"(\d+)/\1 rows \(100%\)", progress[-1]), progress
+        assert all("tok/s" in m and "ETA" in m for m in progress)
+        for rec in records:
+            meta = rec.asset_materialization.metadata
+            assert meta["tokens_per_s"].value > 0 and meta["generation_seconds"].value > 0
+            assert meta["new_tokens"].value > 0
