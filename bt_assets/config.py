@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bt_assets.lib.stats import Evidence
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
 COMPONENTS = ("attn", "mlp")
@@ -213,6 +215,16 @@ class AnalysisCfg(Strict):
     statistic: Literal["delta_logit", "delta_logprob"] = "delta_logit"
     require_negative: bool = False
     scan_scale: Fraction01 = 0.0
+    min_events_for_claims: PosInt = Field(
+        5, description="reports claim an interval excludes a value only with this many BT events or more"
+    )
+    min_problems_for_claims: PosInt = Field(
+        2, description="... and only when those events come from at least this many problems"
+    )
+
+    @property
+    def evidence(self) -> Evidence:
+        return Evidence(self.min_events_for_claims, self.min_problems_for_claims)
 
     @field_validator("components", "layers")
     @classmethod

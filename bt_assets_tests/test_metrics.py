@@ -297,3 +297,12 @@ def test_selected_layers_fixture_follows_from_ablation_importance():
     assert selected == json.loads((RUN / "selected_layers.json").read_text())
     with open(RUN / "logit_lens.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 28
+
+
+def test_lift_flag_is_unset_with_too_few_bt_events(regraded):
+    """Three BT events from two problems: the headline makes no claim, whatever the interval says."""
+    bt = pl.col("has_backtracking_strict")
+    few = pl.concat([regraded.filter(~bt), regraded.filter(bt & (pl.col("condition") == "baseline")).head(3)])
+    h = M.corrected_metrics(few, VARIANTS, CONDITIONS, regraded=True, seed=0, n_boot=200)["headline"]
+    assert h["lift_interval_excludes_1"] is None
+    assert h["evidence"]["bt_events"] == 3 and h["evidence"]["min_events"] == 5

@@ -9,7 +9,8 @@ from bt_assets.assets.events import analysis_view
 from bt_assets.config import Profile
 from bt_assets.lib import selection, teacher
 from bt_assets.lib.hooks import decoder_layers
-from bt_assets.lib.teacher import Event, encode_full, mean_interval
+from bt_assets.lib.stats import mean_interval
+from bt_assets.lib.teacher import Event, encode_full
 from bt_assets.resources import HookedModel
 
 

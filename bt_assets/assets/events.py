@@ -211,6 +211,7 @@ def build(profile: Profile) -> list:
             regraded=imported,
             seed=profile.run.seed,
             original=phase1_events.select(M.EVENT_COLUMNS),
+            evidence=profile.analysis.evidence,
         )
         base = view.filter(pl.col("condition") == "baseline")
         out["figure_rows"] = bt_accuracy_summary(base, profile.run.seed)

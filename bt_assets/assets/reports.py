@@ -98,7 +98,9 @@ def build(profile: Profile, phase: int) -> list:
             cond = group_rates(
                 view.filter(pl.col("variant") == profile.ablation_variant), "condition", conditions
             )
-            n_bt = event_sample.filter(pl.col("kind") == "bt").height
+            bt_sample = event_sample.filter(pl.col("kind") == "bt")
+            n_bt, bt_problems = bt_sample.height, bt_sample["example_id"].n_unique()
+            evidence = profile.analysis.evidence
             text = "\n".join(
                 [
                     header(profile, "Backtracking as a state transition: Phase 1"),
@@ -107,9 +109,9 @@ def build(profile: Profile, phase: int) -> list:
                     f"over {s['n']} "
                     f"completions ({det} detection); accuracy {R.pct(s['accuracy'])}"
                     f"{R.interval(s['acc_lo'], s['acc_hi'])} ({grd} grading, denominator: all completions).",
-                    f"- {R.lift_finding(s, orig)}",
-                    f"- {R.lens_finding(logit_lens)}",
-                    f"- {R.scan_finding(ablation_scan, selected_layers)}",
+                    f"- {R.lift_finding(s, orig, evidence)}",
+                    f"- {R.lens_finding(logit_lens, bt_problems, evidence)}",
+                    f"- {R.scan_finding(ablation_scan, selected_layers, bt_problems, evidence)}",
                     f"- {R.condition_finding(cond)}",
                     "\n## Baseline by variant\n\n"
                     + rate_table(group_rates(base, "variant", variants), "variant"),
@@ -117,8 +119,8 @@ def build(profile: Profile, phase: int) -> list:
                     f"\n## Layers\n\nSelected ({profile.analysis.statistic}, top {profile.analysis.topk}):\n"
                     f"```json\n{json.dumps(selected_layers)}\n```\nRandom controls per seed:\n"
                     f"```json\n{json.dumps(random_layers)}\n```\n"
-                    f"Teacher-forced stages analysed {n_bt} BT events sampled at random across problems "
-                    f"(seed {profile.analysis.event_seed}).",
+                    f"Teacher-forced stages analysed {n_bt} BT events from {bt_problems} problems, sampled "
+                    f"at random across problems (seed {profile.analysis.event_seed}).",
                     f"\n## Figures\n\n{figs(profile, P1_FIGS)}",
                     "\n## Seed-compatible tables\n\nThe original's files, recomputed with its definitions "
                     "(mixed conditions and denominators), are under "
@@ -162,9 +164,9 @@ def build(profile: Profile, phase: int) -> list:
             [
                 header(profile, "Backtracking as a state transition: Phase 2"),
                 "## Conclusions (computed)\n",
-                f"- {R.lift_finding(s, None)}",
-                f"- {R.sweep_finding(sweep_results)}",
-                f"- {R.scale_finding(sweep_results)}",
+                f"- {R.lift_finding(s, None, profile.analysis.evidence)}",
+                f"- {R.sweep_finding(sweep_results, profile.analysis.evidence)}",
+                f"- {R.scale_finding(sweep_results, profile.analysis.evidence)}",
                 f"- {R.continuation_finding(cont)}",
                 f"\n## Subset sweep\n\n{R.md_table(subset, fmt) if subset.height else 'no cells'}",
                 f"\n## Scale sweep\n\n{R.md_table(scale, fmt) if scale.height else 'no cells'}",

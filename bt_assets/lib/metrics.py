@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from bt_assets.lib.grading import grade
-from bt_assets.lib.stats import accuracy_difference, accuracy_lift, cluster_bootstrap, wilson
+from bt_assets.lib.stats import Evidence, accuracy_difference, accuracy_lift, cluster_bootstrap, wilson
 
 EVENT_COLUMNS: list[str] = [
     "example_id",
@@ -335,6 +335,7 @@ def _corrected_block(rows: pl.DataFrame, seed: int, n_boot: int) -> dict:
     return {
         "n": n,
         "n_problems": int(np.unique(problems).size),
+        "n_bt_problems": int(np.unique(problems[bt]).size),
         "backtracking": _rate(k_bt, n),
         "backtracking_relaxed": _rate(_n(rows, RELAXED), n),
         "accuracy": _rate(k_ok, n),
@@ -360,6 +361,7 @@ def corrected_metrics(
     seed: int,
     original: pl.DataFrame | None = None,
     n_boot: int = 2000,
+    evidence: Evidence | None = None,
 ) -> dict:
     """Baseline-only metrics with one accuracy denominator and intervals, beside the original headline.
 
@@ -390,6 +392,8 @@ def corrected_metrics(
     o_bt = _n(orig_bt, OK) / orig_bt.height if orig_bt.height else None
     o_nb = _n(orig_nb, OK) / orig_nb.height if orig_nb.height else None
     lift_ci = overall["accuracy_lift"]["ci95"]
+    evidence = evidence or Evidence()
+    k_bt, bt_problems = overall["backtracking"]["count"], overall["n_bt_problems"]
     return {
         "scope": "baseline condition only (by_condition: every condition on by_condition_variants)",
         "accuracy_denominator": "all rows: accuracy = correct / n; an unanswered or ungradable completion "
@@ -419,7 +423,18 @@ def corrected_metrics(
             "corrected_accuracy_without_backtracking": overall["accuracy_without_backtracking"]["rate"],
             "corrected_difference": overall["accuracy_difference"]["estimate"],
             "corrected_difference_ci95": overall["accuracy_difference"]["ci95"],
-            "lift_interval_excludes_1": (None if None in lift_ci else bool(lift_ci[0] > 1 or lift_ci[1] < 1)),
+            # None when the interval is missing or there is too little BT data to read it (stats.Evidence)
+            "lift_interval_excludes_1": (
+                None
+                if None in lift_ci or not evidence.enough(k_bt, bt_problems)
+                else evidence.excludes(lift_ci[0], lift_ci[1], 1.0, k_bt, bt_problems)
+            ),
+            "evidence": {
+                "bt_events": k_bt,
+                "bt_problems": bt_problems,
+                "min_events": evidence.min_events,
+                "min_problems": evidence.min_problems,
+            },
         },
     }
 

@@ -72,8 +72,12 @@ def bt_accuracy_summary(view: pl.DataFrame, seed: int) -> dict:
     lo_l, hi_l = cluster_bootstrap(problems, arrays, accuracy_lift, seed=seed)
     lo_d, hi_d = cluster_bootstrap(problems, arrays, accuracy_difference, seed=seed)
     total = group_rates(view.with_columns(pl.lit("all").alias("all")), "all", ["all"]).row(0, named=True)
+    bt_rows = view.filter(pl.col("has_backtracking_strict").fill_null(False))
     summary = {
         "n": total["n"],
+        "n_problems": view["example_id"].n_unique(),
+        "n_bt": bt_rows.height,
+        "n_bt_problems": bt_rows["example_id"].n_unique(),
         "bt_rate": total["bt_rate"],
         "bt_lo": total["bt_lo"],
         "bt_hi": total["bt_hi"],

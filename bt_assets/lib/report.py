@@ -9,6 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
+from bt_assets.lib.stats import Evidence
+
 
 def pct(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
@@ -52,21 +54,25 @@ def figures_block(figures: Sequence[tuple[str, Path]], report_dir: Path) -> str:
     return "\n".join(out)
 
 
-def ci_excludes(lo: float, hi: float, value: float) -> bool:
-    return not (math.isnan(lo) or math.isnan(hi)) and not (lo <= value <= hi)
-
-
-def lift_finding(s: Mapping[str, float | None], original_lift: float | None) -> str:
+def lift_finding(s: Mapping[str, float | None], original_lift: float | None, evidence: Evidence) -> str:
+    """Accuracy with vs without backtracking; a direction is claimed only when the problem-bootstrap
+    interval of the lift excludes 1 and there are enough BT events (``evidence``)."""
     if not s["n"]:
         return "No baseline completions: nothing to say about accuracy and backtracking."
     lift, lo, hi = s["lift"], s["lift_lo"], s["lift_hi"]
+    k, probs = int(s["n_bt"]), int(s["n_bt_problems"])
     base = (
-        f"Among {s['n']} baseline completions, accuracy is {pct(s['acc_with_bt'])} with backtracking "
-        f"and {pct(s['acc_without_bt'])} without"
+        f"Among {s['n']} baseline completions ({k} with backtracking, from {probs} problems), accuracy is "
+        f"{pct(s['acc_with_bt'])} with backtracking and {pct(s['acc_without_bt'])} without"
     )
     if lift is None:
-        return base + "; the lift is undefined (no correct completion without backtracking)."
-    if ci_excludes(lo, hi, 1.0):
+        text = base + "; the lift is undefined (no completion with backtracking, or none correct without)."
+    elif not evidence.enough(k, probs):
+        text = (
+            f"{base}: a lift of {lift:.2f}x (95% problem-bootstrap interval {num(lo)}-{num(hi)}), "
+            f"{evidence.shortfall(k, probs)}, so no direction is claimed."
+        )
+    elif evidence.excludes(lo, hi, 1.0, k, probs):
         verdict = "higher" if lift > 1 else "lower"
         text = (
             f"{base}: a lift of {lift:.2f}x (95% problem-bootstrap interval {lo:.2f}-{hi:.2f}); "
@@ -74,8 +80,8 @@ def lift_finding(s: Mapping[str, float | None], original_lift: float | None) -> 
         )
     else:
         text = (
-            f"{base}: a lift of {lift:.2f}x whose 95% interval ({num(lo)}-{num(hi)}) includes 1, so these "
-            "data do not show that backtracking completions are more (or less) accurate."
+            f"{base}: a lift of {lift:.2f}x whose 95% interval ({num(lo)}-{num(hi)}) does not exclude 1, so "
+            "these data do not show that backtracking completions are more (or less) accurate."
         )
     if original_lift is not None:
         text += (
@@ -84,49 +90,64 @@ def lift_finding(s: Mapping[str, float | None], original_lift: float | None) -> 
     return text
 
 
-def lens_finding(lens: pl.DataFrame) -> str:
+def lens_finding(lens: pl.DataFrame, n_problems: int, evidence: Evidence) -> str:
+    """Where BT events and position-matched controls separate by their 95% t-intervals (events from
+    ``n_problems`` problems); with too few events only the last-layer gap is described."""
     if lens.height == 0 or lens["n_bt"].max() in (None, 0):
         return "No BT events were available for the logit lens."
-    sep = lens.filter(pl.col("ci_low_bt") > pl.col("ci_high_control"))
     last = lens.sort("layer").tail(1).row(0, named=True)
     gap = last["mean_target_logit_bt"] - last["mean_target_logit_control"]
     n_bt, n_ctl = int(lens["n_bt"][0]), int(lens["n_control"][0])
+    if not evidence.enough(n_bt, n_problems):
+        return (
+            f"Logit lens on {n_bt} BT events and {n_ctl} position-matched controls: the last-layer gap "
+            f"in the onset token's logit is {gap:.2f}; {evidence.shortfall(n_bt, n_problems)}, so no "
+            "layer is said to separate them."
+        )
+    sep = lens.filter(pl.col("ci_low_bt") > pl.col("ci_high_control"))
     if sep.height:
         first = int(sep["layer"].min())
         return (
-            f"The onset token's logit separates BT events (n={n_bt}) from position-matched controls "
-            f"(n={n_ctl}, scored on the same token) from layer {first} on (non-overlapping 95% intervals "
-            f"in {sep.height} of {lens.height} layers); at the last layer the gap is {gap:.2f} logits."
+            f"The onset token's logit separates BT events (n={n_bt}, {n_problems} problems) from "
+            f"position-matched controls (n={n_ctl}, scored on the same token) from layer {first} on "
+            f"(non-overlapping 95% intervals in {sep.height} of {lens.height} layers); at the last layer "
+            f"the gap is {gap:.2f} logits."
         )
     return (
-        f"BT events (n={n_bt}) and controls (n={n_ctl}) are not separated at any layer by their 95% "
-        f"intervals; the last-layer gap is {gap:.2f} logits."
+        f"BT events (n={n_bt}, {n_problems} problems) and controls (n={n_ctl}) are not separated at any "
+        f"layer by their 95% intervals; the last-layer gap is {gap:.2f} logits."
     )
 
 
-def scan_finding(scan: pl.DataFrame, selected: Mapping[str, Sequence[int]]) -> str:
-    scan = scan.drop_nans()
+def scan_finding(
+    scan: pl.DataFrame, selected: Mapping[str, Sequence[int]], n_problems: int, evidence: Evidence
+) -> str:
+    """The components whose zeroing at the prediction position lowers the onset token most, with
+    whether each 95% t-interval excludes 0 (only read with enough events)."""
+    scan = scan.filter(pl.col("delta_logit_mean").is_not_nan())
     if scan.height == 0:
         return "No BT events were available for the ablation scan."
-    top = scan.sort("delta_logit_mean").head(3)
+    n = int(scan["n_events"][0])
+    readable = evidence.enough(n, n_problems)
     parts = []
-    for r in top.iter_rows(named=True):
-        sig = (
-            "interval excludes 0"
-            if ci_excludes(r["delta_logit_ci_low"], r["delta_logit_ci_high"], 0)
-            else "interval includes 0"
-        )
+    for r in scan.sort("delta_logit_mean").head(3).iter_rows(named=True):
+        sig = ""
+        if readable:
+            lo, hi = r["delta_logit_ci_low"], r["delta_logit_ci_high"]
+            sig = "; interval excludes 0" if evidence.excludes(lo, hi, 0.0, n, n_problems) else "; includes 0"
         parts.append(
             f"{r['component']} {r['layer']} ({r['delta_logit_mean']:+.2f} logits, "
-            f"{r['delta_logprob_mean']:+.2f} log-prob; {sig})"
+            f"{r['delta_logprob_mean']:+.2f} log-prob{sig})"
         )
     pos = scan.sort("delta_logit_mean", descending=True).row(0, named=True)
+    caveat = "" if readable else f" These are descriptive only: {evidence.shortfall(n, n_problems)}."
     return (
         f"Zeroing one component at the prediction position lowers the onset token most for "
-        f"{'; '.join(parts)} (n={int(scan['n_events'][0])} events). The largest increase is "
+        f"{'; '.join(parts)} (n={n} events from {n_problems} problems). The largest increase is "
         f"{pos['component']} {pos['layer']} ({pos['delta_logit_mean']:+.2f}). Selected layers: "
         + ", ".join(f"{k} {list(v)}" for k, v in selected.items())
         + "."
+        + caveat
     )
 
 
@@ -140,19 +161,23 @@ def condition_finding(rates: pl.DataFrame) -> str:
         if cond == "baseline" or not r["n"]:
             continue
         out.append(
-            f"{cond}: BT {pct(r['bt_rate'])} ({100 * (r['bt_rate'] - base['bt_rate']):+.1f} points), "
+            f"{cond}: BT {pct(r['bt_rate'])} ({r['bt_count']}/{r['n']}; "
+            f"{100 * (r['bt_rate'] - base['bt_rate']):+.1f} points), "
             f"accuracy {pct(r['accuracy'])} ({100 * (r['accuracy'] - base['accuracy']):+.1f} points)"
         )
     if not out:
         return f"Only the baseline condition was generated (BT {pct(base['bt_rate'])})."
     return (
-        f"Against the baseline (BT {pct(base['bt_rate'])}, accuracy {pct(base['accuracy'])}, n={base['n']}): "
+        f"Against the baseline (BT {pct(base['bt_rate'])} = {base['bt_count']}/{base['n']}, accuracy "
+        f"{pct(base['accuracy'])}): "
         + "; ".join(out)
         + ". A targeted effect is only specific if it exceeds the random-layer control's."
     )
 
 
-def sweep_finding(results: Mapping) -> str:
+def sweep_finding(results: Mapping, evidence: Evidence) -> str:
+    """Per subset: BT rate and the paired change vs the baseline cell with its problem-bootstrap
+    interval; 'excludes 0' only when enough pairs involve a BT event; the best trade-off row."""
     base = results["baseline"]
     if not base["n"]:
         return "The baseline sweep cell is empty."
@@ -160,39 +185,55 @@ def sweep_finding(results: Mapping) -> str:
     for r in results["subset"]:
         if r["subset"] == "baseline":
             continue
-        sig = (
-            "" if not ci_excludes(r["delta_bt_lo"], r["delta_bt_hi"], 0) else " (paired interval excludes 0)"
-        )
+        k, probs = r.get("bt_pairs", 0), r.get("bt_pair_problems", 0)
+        if not evidence.enough(k, probs):
+            sig = f" ({k} pairs with a BT event: too few to test)"
+        elif evidence.excludes(r["delta_bt_lo"], r["delta_bt_hi"], 0.0, k, probs):
+            sig = " (paired interval excludes 0)"
+        else:
+            sig = ""
         lines.append(
             f"{r['subset']} ({r['num_components']} components): BT {pct(r['bt_rate'])}, "
             f"paired change {100 * r['delta_bt']:+.1f} points [{100 * r['delta_bt_lo']:.1f}, "
             f"{100 * r['delta_bt_hi']:.1f}]{sig}, accuracy {pct(r['accuracy'])}"
         )
     text = (
-        f"Baseline BT {pct(base['bt_rate'])}, accuracy {pct(base['accuracy'])} (n={base['n']}). "
-        + "; ".join(lines)
+        f"Baseline BT {pct(base['bt_rate'])} ({base['bt_count']}/{base['n']}), accuracy "
+        f"{pct(base['accuracy'])}. " + "; ".join(lines)
     )
     best = results.get("best_tradeoff")
     if best:
         text += (
-            f". Best trade-off: {best['cell']} cuts BT by {pct(best['relative_bt_reduction'])} (relative) "
-            f"while keeping accuracy {pct(best['accuracy'])} >= the floor {pct(best['accuracy_floor'])}."
+            f". Best trade-off: {best['cell']} cuts BT by {pct(best['relative_bt_reduction'])} (relative; "
+            f"paired change {100 * best['delta_bt']:+.1f} points [{100 * best['delta_bt_lo']:.1f}, "
+            f"{100 * best['delta_bt_hi']:.1f}]) while keeping accuracy {pct(best['accuracy'])} >= the floor "
+            f"{pct(best['accuracy_floor'])}"
         )
+        k, probs = best.get("bt_pairs", 0), best.get("bt_pair_problems", 0)
+        text += "." if evidence.enough(k, probs) else f"; {evidence.shortfall(k, probs)}."
     else:
         text += ". No ablated cell keeps accuracy above the configured floor while reducing BT."
     return text
 
 
-def scale_finding(results: Mapping) -> str:
+def scale_finding(results: Mapping, evidence: Evidence) -> str:
+    """BT rate and accuracy by scale; the dose-response shape is only named with enough BT events."""
     rows = [r for r in results["scale"] if r["n"]]
     if not rows:
         return "No scale-sweep cells."
     ordered = sorted(rows, key=lambda r: r["scale"])
-    mono = all(a["bt_rate"] <= b["bt_rate"] for a, b in zip(ordered, ordered[1:], strict=False))
-    span = ", ".join(f"{r['scale']:g} -> {pct(r['bt_rate'])}" for r in ordered)
+    span = ", ".join(f"{r['scale']:g} -> {pct(r['bt_rate'])} ({r['bt_count']}/{r['n']})" for r in ordered)
+    events = sum(r["bt_count"] for r in ordered)
+    if events < evidence.min_events:
+        shape = (
+            f"with {events} BT events over all scale cells (fewer than {evidence.min_events}), no "
+            "dose-response is read from them"
+        )
+    else:
+        mono = all(a["bt_rate"] <= b["bt_rate"] for a, b in zip(ordered, ordered[1:], strict=False))
+        shape = f"the BT rate is {'non-decreasing' if mono else 'not monotone'} in the scale"
     return (
-        f"BT rate by scale: {span}; the dose-response is {'monotone' if mono else 'not monotone'} in the "
-        "scale. Accuracy by scale: "
+        f"BT rate by scale: {span}; {shape}. Accuracy by scale: "
         + ", ".join(f"{r['scale']:g} -> {pct(r['accuracy'])}" for r in ordered)
         + "."
     )
@@ -203,10 +244,14 @@ def continuation_finding(summary: pl.DataFrame) -> str:
         return "No BT events for the continuation ablation."
     rows = {r["scale"]: r for r in summary.iter_rows(named=True)}
     clean = rows.get(1.0)
+
+    def p_onset(r: Mapping) -> str:
+        return f"P(onset) {pct(r['p_onset_mean'])}{interval(r.get('p_onset_lo'), r.get('p_onset_hi'))}"
+
     parts = [
-        f"scale {s:g}: P(onset) {pct(r['p_onset_mean'])}, synonym top-1 {pct(r['synonym_share'])}"
+        f"scale {s:g}: {p_onset(r)}, synonym top-1 {pct(r['synonym_share'])}"
         for s, r in sorted(rows.items())
         if s != 1.0
     ]
-    head = f"Clean P(onset) {pct(clean['p_onset_mean'])} (n={clean['n']})" if clean else "No clean row"
+    head = f"Clean {p_onset(clean)} (n={clean['n']} events)" if clean else "No clean row"
     return head + "; " + "; ".join(parts) + "."

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
-from bt_assets.lib.stats import cluster_bootstrap, wilson
+from bt_assets.lib.stats import cluster_bootstrap, t_quantile_975, wilson
 from bt_assets.lib.sweeps import SweepCell
 
 
@@ -48,6 +48,9 @@ def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: i
         mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed)
         out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = mean, lo, hi
     out["n_pairs"] = pairs.height
+    # the BT evidence behind the paired change: pairs where either side backtracks, and their problems
+    either = pairs.filter(pl.col(bt).fill_null(False) | pl.col(f"{bt}_base").fill_null(False))
+    out["bt_pairs"], out["bt_pair_problems"] = either.height, either["example_id"].n_unique()
     return out
 
 
@@ -155,7 +158,8 @@ def hook_problems(counts: pl.DataFrame, cells) -> list[str]:
 
 
 def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
-    """Per scale (1.0 = clean): mean P(onset) and logit with 95% intervals, synonym replacement share."""
+    """Per scale (1.0 = clean): mean P(onset) and logit with 95% t-intervals over events (none for a
+    single event), synonym replacement share."""
     if df.height == 0:
         return pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
     g = (
@@ -171,10 +175,12 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("scale", descending=True)
     )
-    half = 1.96 / pl.col("n").sqrt()
+    # t-interval half-width per row; null (no interval) for a single event
+    half = pl.Series([t_quantile_975(n - 1) / n**0.5 if n > 1 else None for n in g["n"]], dtype=pl.Float64)
+    g = g.with_columns(half.alias("_half"))
     return g.with_columns(
-        (pl.col("p_onset_mean") - half * pl.col("p_sd").fill_null(0)).alias("p_onset_lo"),
-        (pl.col("p_onset_mean") + half * pl.col("p_sd").fill_null(0)).alias("p_onset_hi"),
-        (pl.col("logit_mean") - half * pl.col("l_sd").fill_null(0)).alias("logit_lo"),
-        (pl.col("logit_mean") + half * pl.col("l_sd").fill_null(0)).alias("logit_hi"),
-    ).drop("p_sd", "l_sd")
+        (pl.col("p_onset_mean") - pl.col("_half") * pl.col("p_sd")).alias("p_onset_lo"),
+        (pl.col("p_onset_mean") + pl.col("_half") * pl.col("p_sd")).alias("p_onset_hi"),
+        (pl.col("logit_mean") - pl.col("_half") * pl.col("l_sd")).alias("logit_lo"),
+        (pl.col("logit_mean") + pl.col("_half") * pl.col("l_sd")).alias("logit_hi"),
+    ).drop("p_sd", "l_sd", "_half")

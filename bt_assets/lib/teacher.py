@@ -142,18 +142,6 @@ def encode_full(tokenizer, prompt: str, completion: str, add_bos: bool) -> tuple
     return tuple(tokenizer(prompt + completion, add_special_tokens=add_bos)["input_ids"])
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float, float]:
-    """(mean, sample std, 95% interval low, high) by the normal approximation; nan when empty."""
-    t = torch.tensor(list(values), dtype=torch.float64)
-    n = t.numel()
-    if n == 0:
-        return (float("nan"),) * 4
-    mean = t.mean().item()
-    std = t.std(unbiased=True).item() if n > 1 else 0.0
-    half = 1.96 * std / n**0.5
-    return mean, std, mean - half, mean + half
-
-
 CONTINUATION_SCHEMA = {
     "event": pl.String,
     "subset": pl.String,
