@@ -206,7 +206,12 @@ class Phase1Cfg(Strict):
 
 
 class AnalysisCfg(Strict):
-    variant: str | None = Field(None, description="variant analysed by the teacher-forced stages")
+    variant: str | None = Field(
+        None,
+        description="variant whose baseline BT events the teacher-forced stages analyse (default: the "
+        "ablation variant, as the original); 'all' pools the events of every variant, each probed "
+        "with its own prompt",
+    )
     max_events: PosInt = 120
     event_seed: int = 42
     components: list[Literal["attn", "mlp"]] = Field(["attn", "mlp"], min_length=1)
@@ -348,7 +353,7 @@ class Profile(Strict):
         names = [v.name for v in self.prompting.variants]
         for key, val in (
             ("phase1.ablation_variant", self.phase1.ablation_variant),
-            ("analysis.variant", self.analysis.variant),
+            ("analysis.variant", None if self.analysis.variant == "all" else self.analysis.variant),
             ("phase2.variant", self.phase2.variant),
         ):
             if val is not None and val not in names:

@@ -51,6 +51,7 @@ def test_env_var_selects_profile(monkeypatch):
         ("phase2:\n  subsets:\n    - {name: x, components: [[ffn, 3]]}\n", "phase2.subsets.0.components"),
         ("analysis:\n  variant: missing_variant\n", "analysis.variant"),
         ("phase1:\n  import_dir: /nonexistent\n", "phase1.import_dir"),
+        ("analysis:\n  min_events_for_claims: 0\n", "analysis.min_events_for_claims"),
     ],
 )
 def test_bad_keys_fail_naming_the_key(tmp_path, body, key):
@@ -58,6 +59,12 @@ def test_bad_keys_fail_naming_the_key(tmp_path, body, key):
     with pytest.raises(ConfigError) as err:
         load_profile(path)
     assert key in str(err.value)
+
+
+def test_analysis_variant_all_pools_every_variant(tmp_path):
+    prof = load_profile(write(tmp_path, "extends: demo\nanalysis:\n  variant: all\n"))
+    assert prof.analysis_variant == "all"
+    assert load_profile("paper").analysis_variant == load_profile("paper").ablation_variant  # the original
 
 
 def test_extends_deep_merges(tmp_path):

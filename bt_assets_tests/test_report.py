@@ -63,6 +63,11 @@ def summary(n_bt: int, bt_problems: int, lift: float, lo: float, hi: float) -> d
     }
 
 
+def test_lift_finding_names_a_zero_width_interval():
+    text = R.lift_finding(summary(9, 9, 0.0, 0.0, 0.0), None, EV)
+    assert "zero-width (0.00-0.00" in text and "no direction is claimed" in text and "excludes" not in text
+
+
 def test_lift_finding_makes_no_claim_from_two_events():
     text = R.lift_finding(summary(2, 2, 0.0, 0.0, 0.0), None, EV)
     assert "excludes 1" not in text and "lower in accuracy" not in text
@@ -175,8 +180,9 @@ def test_continuation_interval_undefined_for_one_event():
         }
     )
     two = continuation_summary(df).filter(pl.col("scale") == 1.0).row(0, named=True)
-    half = 12.706 * 0.2 / math.sqrt(2) / math.sqrt(2)  # t(1) x sd (0.1414) / sqrt(2)
-    assert two["p_onset_lo"] == pytest.approx(0.6 - half, abs=1e-3)
+    half = 12.706 * 0.5  # t(1) x sd of the two logits (0.7071) / sqrt(2)
+    assert (two["logit_lo"], two["logit_hi"]) == (pytest.approx(3.5 - half), pytest.approx(3.5 + half))
+    assert (two["p_onset_lo"], two["p_onset_hi"]) == (0.0, 1.0)  # 0.6 -/+ 1.27, clipped to [0, 1]
     one = continuation_summary(df.filter(pl.col("event") == "a")).row(0, named=True)
     assert one["p_onset_lo"] is None and one["p_onset_hi"] is None
     assert "P(onset) 50.0% (n=1 events)" in R.continuation_finding(

@@ -28,7 +28,8 @@ def probes(
     for r in rows.iter_rows(named=True):
         ids = encode_full(tokenizer, text[(r["variant"], r["example_id"])], r["completion"], add_bos)
         if 0 <= r[pred_pos] < len(ids):
-            out.append(Event(f"{r['example_id']}/{r['sample_id']}", ids, int(r[pred_pos]), int(r[target])))
+            key = f"{r['variant']}/{r['example_id']}/{r['sample_id']}"
+            out.append(Event(key, ids, int(r[pred_pos]), int(r[target])))
     return out
 
 
@@ -43,7 +44,9 @@ def build(profile: Profile) -> list:
         view = analysis_view(baseline_events, det_mode, grd_mode).with_columns(
             baseline_events["completion"], baseline_events["completion_tokens"]
         )
-        view = view.filter((pl.col("variant") == variant) & (pl.col("condition") == "baseline"))
+        view = view.filter(pl.col("condition") == "baseline")
+        if variant != "all":
+            view = view.filter(pl.col("variant") == variant)
         bt = view.filter(pl.col("has_backtracking_strict") & (pl.col("pred_pos_in_full") >= 0))
         events = selection.sample_events(bt, a.max_events, a.event_seed)
         controls = selection.match_controls(
@@ -51,8 +54,8 @@ def build(profile: Profile) -> list:
         )
         ctl_rows = controls.join(
             view.select("example_id", "sample_id", "variant", "completion"),
-            left_on=["control_example_id", "control_sample_id"],
-            right_on=["example_id", "sample_id"],
+            left_on=["control_variant", "control_example_id", "control_sample_id"],
+            right_on=["variant", "example_id", "sample_id"],
             how="left",
         )
         out = pl.concat(
@@ -70,7 +73,7 @@ def build(profile: Profile) -> list:
                 ctl_rows.select(
                     pl.col("control_example_id").alias("example_id"),
                     pl.col("control_sample_id").alias("sample_id"),
-                    "variant",
+                    pl.col("control_variant").alias("variant"),
                     "completion",
                     "pred_pos",
                     "target",
@@ -86,7 +89,7 @@ def build(profile: Profile) -> list:
                 f"{ctl_rows.height} controls"
             )
             if bt.height
-            else f"no BT events in variant {variant} baseline ({view.height} completions): "
+            else f"no BT events in the baseline of variant {variant} ({view.height} completions): "
             "analysis stages will be empty"
         )
         context.log.info(msg)

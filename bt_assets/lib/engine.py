@@ -1,11 +1,18 @@
 """The decoding engine: an own sampling loop over a hooked causal LM (not HF ``generate``).
 
-A batch is rows of (problem, sample, condition). Prompts are left-padded with explicit position ids and
-prefilled with the hooks in phase "prefill" (decode-only ablations leave the prompt intact); then one
-token per step in phase "decode" through the KV cache. Row r's step-t token uses the counter-based
-uniform of (seed, problem, sample, t), so a completion does not depend on batch size, order or
-neighbours, and the conditions of one (problem, sample) are paired. Each row stops at its own EOS and
-leaves the batch (its cache rows are dropped), so finished rows cost nothing.
+A batch is rows of (problem, sample, condition). The batch's DISTINCT prompts are left-padded with
+explicit position ids and prefilled once, with the hooks in phase "prefill" (decode-only ablations leave
+the prompt intact, so every sample and condition of a problem shares that prefill and its first-token
+logits); then one token per step in phase "decode" through a preallocated KV cache written in place.
+On CPU with a bf16/fp16 model the rows attend to their prompt's K/V without copies (shared-prefix
+attention); otherwise each row gets a copy and sdpa runs as usual. Row r's step-t token uses the
+counter-based uniform of (seed, problem, sample, t), so a completion does not depend on batch size,
+order or neighbours, and the conditions of one (problem, sample) are paired. Each row stops at its own
+EOS and leaves the batch (its cache rows are dropped), so finished rows cost nothing.
+
+Speed (bench/generation.py, bench/RESULTS.md): with all rows of a chunk in one batch the decode step is
+bound by the linear layers' matrix products; the rest is attention, sampling (a top-k prefilter and
+integer-keyed tie-breaking, no sort of the vocabulary) and Python/HF overhead.
 """
 
 from __future__ import annotations

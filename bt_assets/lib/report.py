@@ -72,6 +72,11 @@ def lift_finding(s: Mapping[str, float | None], original_lift: float | None, evi
             f"{base}: a lift of {lift:.2f}x (95% problem-bootstrap interval {num(lo)}-{num(hi)}), "
             f"{evidence.shortfall(k, probs)}, so no direction is claimed."
         )
+    elif lo is not None and hi is not None and lo == hi:
+        text = (
+            f"{base}: a lift of {lift:.2f}x; its problem-bootstrap interval is zero-width "
+            f"({lo:.2f}-{hi:.2f}: every resample gives the same value), so no direction is claimed."
+        )
     elif evidence.excludes(lo, hi, 1.0, k, probs):
         verdict = "higher" if lift > 1 else "lower"
         text = (

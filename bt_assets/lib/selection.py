@@ -10,11 +10,13 @@ import polars as pl
 
 def sample_events(bt_rows: pl.DataFrame, n: int, seed: int) -> pl.DataFrame:
     """A uniform random sample of BT events across ALL problems (the original took the first 120 in file
-    order, all from problems 0-29: B19). Sorted by (example_id, sample_id) for stable output."""
-    keys = sorted(zip(bt_rows["example_id"].to_list(), bt_rows["sample_id"].to_list(), strict=True))
-    chosen = set(random.Random(seed).sample(keys, min(n, len(keys))))
-    mask = [(e, s) in chosen for e, s in zip(bt_rows["example_id"], bt_rows["sample_id"], strict=True)]
-    return bt_rows.filter(pl.Series(mask, dtype=pl.Boolean)).sort("example_id", "sample_id")
+    order, all from problems 0-29: B19). Rows are keyed by (variant, example_id, sample_id), so events
+    of several variants can be pooled. Sorted by those keys for stable output."""
+    cols = ["variant", "example_id", "sample_id"]
+    rows = list(zip(*(bt_rows[c].to_list() for c in cols), strict=True)) if bt_rows.height else []
+    chosen = set(random.Random(seed).sample(sorted(rows), min(n, len(rows))))
+    mask = pl.Series([r in chosen for r in rows], dtype=pl.Boolean)
+    return bt_rows.filter(mask).sort(cols)
 
 
 def match_controls(events: pl.DataFrame, non_bt: pl.DataFrame, seed: int) -> pl.DataFrame:
@@ -33,8 +35,10 @@ def match_controls(events: pl.DataFrame, non_bt: pl.DataFrame, seed: int) -> pl.
                 ctl = pool.row(j, named=True)
                 out.append(
                     {
+                        "control_variant": ctl["variant"],
                         "control_example_id": ctl["example_id"],
                         "control_sample_id": ctl["sample_id"],
+                        "event_variant": ev["variant"],
                         "event_example_id": ev["example_id"],
                         "event_sample_id": ev["sample_id"],
                         "offset": k,
@@ -44,8 +48,10 @@ def match_controls(events: pl.DataFrame, non_bt: pl.DataFrame, seed: int) -> pl.
                 )
                 break
     schema = {
+        "control_variant": pl.String,
         "control_example_id": pl.Int64,
         "control_sample_id": pl.Int64,
+        "event_variant": pl.String,
         "event_example_id": pl.Int64,
         "event_sample_id": pl.Int64,
         "offset": pl.Int64,

@@ -175,12 +175,12 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
         )
         .sort("scale", descending=True)
     )
-    # t-interval half-width per row; null (no interval) for a single event
+    # t-interval half-width per row; null (no interval) for a single event; probabilities clipped to [0, 1]
     half = pl.Series([t_quantile_975(n - 1) / n**0.5 if n > 1 else None for n in g["n"]], dtype=pl.Float64)
     g = g.with_columns(half.alias("_half"))
     return g.with_columns(
-        (pl.col("p_onset_mean") - pl.col("_half") * pl.col("p_sd")).alias("p_onset_lo"),
-        (pl.col("p_onset_mean") + pl.col("_half") * pl.col("p_sd")).alias("p_onset_hi"),
+        (pl.col("p_onset_mean") - pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_lo"),
+        (pl.col("p_onset_mean") + pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_hi"),
         (pl.col("logit_mean") - pl.col("_half") * pl.col("l_sd")).alias("logit_lo"),
         (pl.col("logit_mean") + pl.col("_half") * pl.col("l_sd")).alias("logit_hi"),
     ).drop("p_sd", "l_sd", "_half")
