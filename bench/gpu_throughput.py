@@ -115,7 +115,8 @@ def main() -> None:
     rate_a = k * args.samples * len(conditions) * args.tokens / t_a
     print(f"(a) original loop on {k} prompts: {rate_a:,.0f} tok/s ({t_a:.1f}s)")
     print(
-        f"whole-Phase-2 estimate (2.7 M tokens): {2.7e6 / rate_b / 60:.1f} min (b), {2.7e6 / rate_a / 3600:.1f} h (a)"
+        f"whole-Phase-2 estimate (2.7 M tokens): {2.7e6 / rate_b / 60:.1f} min (b), "
+        f"{2.7e6 / rate_a / 3600:.1f} h (a)"
     )
     print(f"speedup: {rate_b / rate_a:.1f}")
 
