@@ -1,7 +1,9 @@
 """The engine (and sampler) of an earlier commit vs the working tree's, same work, one process.
 
 Loads ``bt_assets/lib/engine.py`` and ``bt_assets/lib/sampling.py`` of ``--commit`` (``git show``) as
-separate modules, then runs the generation bench's (b) workload with each, alternating, in bf16 and fp32.
+separate modules, then runs the generation bench's (b) workload with each, alternating, in bf16 and fp32,
+both under the working tree's attention kernel choice (``row_exact_attention``: sdpa's math kernel on
+CPU), so any difference comes from the engine's own changes.
 
     python bench/engine_vs_commit.py --commit 10f7c91 --threads 1
 """
@@ -86,9 +88,12 @@ def main() -> None:
                     bench.TEMPERATURE, bench.TOP_P, bench.TOP_K, max_new_tokens=args.tokens, seed=42
                 )
                 t = time.perf_counter()
-                got = [
-                    c for b in eng.generate(model, reqs, scales, sampling, [], 0, args.batch_size) for c in b
-                ]
+                with current.row_exact_attention(model):  # the same attention kernel on both sides
+                    got = [
+                        c
+                        for b in eng.generate(model, reqs, scales, sampling, [], 0, args.batch_size)
+                        for c in b
+                    ]
                 times[name].append(time.perf_counter() - t)
                 outs[name] = {c.request.tag: c.token_ids for c in got}
                 print(f"  {dtype} {name}: {work / times[name][-1]:.1f} tok/s", flush=True)

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bt_assets.lib.engine import Completion, Request, SamplingConfig, generate
+from bt_assets.lib.engine import (
+    MIN_DECODE_ROWS,
+    Completion,
+    Request,
+    SamplingConfig,
+    batches,
+    generate,
+    row_exact_attention,
+)
 from bt_assets.lib.hooks import COMPONENTS, HookState, scale_table
 from bt_assets.lib.sampling import stable_key
 from bt_assets_tests.conftest import EOS_ID, GGUF, demo_dir, tiny_model
@@ -59,6 +67,66 @@ def test_batch_size_and_order_invariance(model):
     random.Random(1).shuffle(shuffled)
     for bs, rs in ((3, reqs), (8, reqs), (5, shuffled), (64, shuffled)):
         assert tokens(run(model, rs, table, batch_size=bs)) == want
+
+
+def test_batches_keep_a_prompts_rows_together():
+    reqs = requests(conditions=(0, 1, 2), samples=2)  # 3 prompts x 6 rows
+    order = list(range(len(reqs)))
+    for size in (4, 6, 7, 12, 13, 64):
+        cut = batches(reqs, order, size)
+        assert [i for b in cut for i in b] == order and all(len(b) <= size for b in cut)
+        if size >= 6:  # a prompt's rows fit: they are never split
+            for b in cut:
+                assert len(b) % 6 == 0 and all(
+                    reqs[i].prompt_ids == reqs[b[j - j % 6]].prompt_ids for j, i in enumerate(b)
+                )
+    assert [len(b) for b in batches(reqs, order, 4)] == [4, 2, 4, 2, 4, 2]  # too many rows: cut, not mixed
+
+
+def test_small_gemms_are_why_batches_are_padded():
+    """The assumption behind MIN_DECODE_ROWS on this CPU: a matmul's rows equal the same rows of a much
+    larger matmul bit for bit once it has MIN_DECODE_ROWS rows (BLAS uses other kernels below 12)."""
+    torch.manual_seed(0)
+    w, x = torch.randn(576, 1536), torch.randn(256, 576)
+    ref = x @ w
+    for rows in (MIN_DECODE_ROWS, 17, 31, 64, 100):
+        assert torch.equal(x[:rows] @ w, ref[:rows]), rows
+
+
+@pytest.mark.parametrize("rows", [12, 16, 40, 64])
+def test_identical_rows_attend_identically_wherever_they_sit(rows):
+    """Decode attention (1 query, the demo model's 9 heads x 64 dims, 60 keys) on a batch of identical
+    rows gives bit-identical outputs under ``row_exact_attention`` (the reason the scale-1.0 cell equals
+    the baseline exactly). CPU sdpa's flash kernel does not: on this machine its rows differ by ~1e-7."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 9, n, 64).expand(rows, -1, -1, -1).contiguous() for n in (1, 60, 60))
+    mask = torch.ones(rows, 1, 1, 60, dtype=torch.bool)
+    mask[..., :4] = False  # left padding
+    with row_exact_attention(torch.nn.Linear(1, 1)):
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(out, out[:1].expand_as(out))
+
+
+def test_decode_batches_never_run_below_the_row_floor(model):
+    """3 requests and early EOS: every unembedding multiplies at least MIN_DECODE_ROWS rows, in the
+    prefill (2 distinct prompts) and in every decode step (padding rows are copies of a real one and
+    are dropped from the output)."""
+    rows: list[int] = []
+    head = model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda _m, args: rows.append(args[0].shape[0] * args[0].shape[1]))
+    try:
+        reqs = requests()[:3]
+        first = run(model, reqs)
+        eos = sorted({t[2] for t in tokens(first).values()})  # each row stops after 3 tokens at most
+        rows.clear()
+        out = run(model, reqs, eos=eos, eos_check_every=1)
+    finally:
+        handle.remove()
+    assert len(out) == 3 and all(c.n_tokens <= 3 for c in out.values())
+    # prefill: 2 prompts (3 and 7 tokens) keep all 7 padded positions = 14 rows, as many as they have
+    assert rows[0] == 14 and len(rows) >= 2 and min(rows[1:]) >= MIN_DECODE_ROWS
 
 
 def test_scale_one_reproduces_baseline(model):
@@ -247,6 +315,9 @@ def test_demo_model_generates_text(demo_tokenizer):
 
 
 # --- golden token ids: any optimisation that changes the engine's fp32 outputs fails here ---------
+# Rewritten once, deliberately, when CPU decoding moved from sdpa's flash kernel to its math kernel
+# (row_exact_attention): 143 of 144 pinned completions stayed identical, 1 (llama/full_vocab) changed at
+# a rounding-level near-tie. The flash kernel's results depended on a row's position in the batch.
 
 GOLDEN = Path(__file__).parent / "fixtures" / "engine_golden_fp32.json"
 GOLDEN_TABLE = [{}, {("attn", 1): 0.0, ("mlp", 2): 0.5}, ZERO_MLP]

@@ -80,9 +80,9 @@ def test_run_cells_reports_progress(tmp_path, demo_tokenizer):
     total = 2 * 3 * 2  # cells x problems x samples
     assert sum(r.new_rows for r in reports.values()) == total
     done = [int(re.search(r"progress: (\d+)/(\d+) rows", line).group(1)) for line in lines]
-    assert (
-        done == sorted(done) and done[-1] == total and len(lines) == 3 + 2
-    )  # batches of 3 rows: 8 rows in chunk 0, 4 in chunk 1
+    # batches of <= 3 rows that split a prompt's 4 rows (2 samples x 2 cells) only because it has more
+    # than 3: chunk 0 (2 prompts) -> 3 + 1, 3 + 1; chunk 1 (1 prompt) -> 3 + 1
+    assert done == sorted(done) and done[-1] == total and len(lines) == 4 + 2
     assert all(f"/{total} rows" in line and "tok/s" in line and "ETA" in line for line in lines)
     assert all(r.tokens_per_s > 0 and r.seconds > 0 for r in reports.values())
     lines.clear()  # a rerun reuses every chunk: nothing to generate, no progress lines

@@ -6,9 +6,14 @@ the prompt intact, so every sample and condition of a problem shares that prefil
 logits); then one token per step in phase "decode" through a preallocated KV cache written in place.
 On CPU with a bf16/fp16 model the rows attend to their prompt's K/V without copies (shared-prefix
 attention); otherwise each row gets a copy and sdpa runs as usual. Row r's step-t token uses the
-counter-based uniform of (seed, problem, sample, t), so a completion does not depend on batch size,
-order or neighbours, and the conditions of one (problem, sample) are paired. Each row stops at its own
-EOS and leaves the batch (its cache rows are dropped), so finished rows cost nothing.
+counter-based uniform of (seed, problem, sample, t), so the conditions of one (problem, sample) are
+paired and a completion does not depend on batch size, order or neighbours up to floating-point
+rounding. Each row stops at its own EOS and leaves the batch (its cache rows are dropped).
+
+Exactness (fp32): all rows of one prompt decode in the same batch (``batches``), and no matrix product
+runs on fewer than ``MIN_DECODE_ROWS`` rows, so a condition that scales nothing equals the baseline bit
+for bit. Across different batch compositions a prompt's left padding can still change attention sums at
+the rounding level, which flips a sampled token only at a near-tie (bench/RESULTS.md).
 
 Speed (bench/generation.py, bench/RESULTS.md): with all rows of a chunk in one batch the decode step is
 bound by the linear layers' matrix products; the rest is attention, sampling (a top-k prefilter and
@@ -20,12 +25,13 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bt_assets.lib.hooks import HookState, ablation_hooks, decoder_layers
 from bt_assets.lib.sampling import as_int64, sample_logits, uniforms
@@ -152,6 +158,13 @@ def slab_cache(n_layers: int, capacity: int):
     return Cache(layers=[layer(capacity) for _ in range(n_layers)])
 
 
+# Fewest rows a decode batch runs with. CPU BLAS (MKL/oneDNN) multiplies a matrix with fewer than 12
+# rows (except 4 and 8) through other kernels than a larger one, which round differently (measured on
+# torch 2.13 CPU: rows of 1-3, 5-7, 9-11 differ from the same rows in a batch of 256; from 12 rows on
+# they are bit-identical). A short last batch, or a batch whose rows mostly finished, is padded up to
+# this many rows (copies of a real row, outputs thrown away), so a completion does not depend on how
+# many neighbours it has: the scale-1.0 sweep cell equals the baseline token for token.
+MIN_DECODE_ROWS = 16
 SHARED_ATTENTION = "bt_shared_prefix"  # the attention implementation name the decode steps switch to
 
 
@@ -291,6 +304,16 @@ def _shared_prefix_cache_class() -> type:
     return SharedPrefixCache
 
 
+def row_exact_attention(model: nn.Module) -> AbstractContextManager:
+    """sdpa's math kernel on CPU, where the flash kernel gives rows with identical inputs different
+    outputs depending on their position in the batch (measured on torch 2.13: up to 1e-7 in an
+    attention output and 2.5e-5 in a decode step's logits; enough to flip a near-tie between the
+    baseline and a scale-1.0 row). The math kernel computes every row on its own: bit-identical rows."""
+    if next(model.parameters()).device.type != "cpu":
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def shared_attention_supported(model: nn.Module) -> bool:
     """The shared-prefix decode attention fits Llama/Qwen2-style models on sdpa without sliding windows."""
     cfg = getattr(model, "config", None)
@@ -340,11 +363,29 @@ def decode_batch(
     prompt's K/V per row), off for fp32, whose outputs stay those of sdpa token for token (the shared
     path's float32 sums run in another order: the same tokens but for an occasional rounding-level tie).
     """
+    with row_exact_attention(model):
+        return _decode_batch(
+            model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention
+        )
+
+
+def _decode_batch(
+    model: nn.Module,
+    batch: Sequence[Request],
+    state: HookState,
+    sampling: SamplingConfig,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    eos_check_every: int | None = None,
+    shared_attention: bool | None = None,
+) -> list[Completion]:
     if not state.decode_only:
         raise ValueError(
             "decode_batch shares the prompt prefill across conditions: hooks must be decode_only"
         )
     dev = next(model.parameters()).device
+    n_real = len(batch)
+    batch = list(batch) + [batch[-1]] * max(0, MIN_DECODE_ROWS - n_real)  # padding rows (see the constant)
     distinct: dict[tuple[int, ...], int] = {}
     src = torch.tensor([distinct.setdefault(r.prompt_ids, len(distinct)) for r in batch], device=dev)
     ids, mask = (t.to(dev) for t in _left_pad(list(distinct), pad_id))
@@ -369,7 +410,9 @@ def decode_batch(
         position_ids=pos,
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,
+        # enough positions per prompt that the unembedding multiplies >= MIN_DECODE_ROWS rows: the
+        # first token's logits then do not depend on how many distinct prompts share the batch
+        logits_to_keep=min(width, -(-MIN_DECODE_ROWS // ids.shape[0])),
     )
     logits = out.logits[:, -1][src]  # (n, V): each row starts from its prompt's prefill
     if shared_attention:
@@ -393,7 +436,7 @@ def decode_batch(
         )
     return [
         Completion(r, rows[i][: ends[i]], "stop" if ends[i] < steps else "length")
-        for i, r in enumerate(batch)
+        for i, r in enumerate(batch[:n_real])
     ]
 
 
@@ -416,10 +459,13 @@ def _decode_steps(
             break
         if eos.numel() and (t + 1) % every == 0:
             live = stop_at[alive] == steps
-            if not bool(live.all()):  # drop finished rows from every per-row tensor and the cache
-                keep = live.nonzero().squeeze(1)
-                if keep.numel() == 0:
-                    break
+            if not bool(live.any()):
+                break
+            keep = live.nonzero().squeeze(1)
+            floor = min(MIN_DECODE_ROWS, alive.numel())
+            if keep.numel() < floor:  # finished rows stay as padding (MIN_DECODE_ROWS); outputs ignored
+                keep = torch.cat([keep, (~live).nonzero().squeeze(1)[: floor - keep.numel()]]).sort().values
+            if keep.numel() < alive.numel():  # drop finished rows from every per-row tensor and the cache
                 alive, nxt, attend, pos = alive[keep], nxt[keep], attend[keep], pos[keep]
                 cache.batch_select_indices(keep)
                 state.row_condition = state.row_condition[keep]
@@ -440,6 +486,28 @@ def _decode_steps(
 def batch_order(requests: Sequence[Request]) -> list[int]:
     """Request indices grouped by prompt (same prompt adjacent, similar lengths together: less padding)."""
     return sorted(range(len(requests)), key=lambda i: (len(requests[i].prompt_ids), requests[i].prompt_ids))
+
+
+def batches(requests: Sequence[Request], order: Sequence[int], batch_size: int) -> list[list[int]]:
+    """``order`` cut into batches of at most ``batch_size`` rows that never split one prompt's rows
+    (unless a prompt alone has more): every sample and condition of a problem then decodes in the same
+    batch, with the same prompt padding, so conditions that scale nothing equal the baseline exactly."""
+    out: list[list[int]] = []
+    group: list[int] = []
+    for pos, i in enumerate(order):
+        group.append(i)
+        last = pos + 1 == len(order) or requests[order[pos + 1]].prompt_ids != requests[i].prompt_ids
+        if not last:
+            continue
+        while len(group) > batch_size:  # one prompt with more rows than a batch: full batches of it
+            out.append(group[:batch_size])
+            group = group[batch_size:]
+        if out and len(out[-1]) + len(group) <= batch_size:
+            out[-1].extend(group)
+        else:
+            out.append(group)
+        group = []
+    return out
 
 
 def generate(
@@ -464,9 +532,9 @@ def generate(
     """
     state = hook_state_out if hook_state_out is not None else HookState.empty()
     state.scales, state.decode_only = scales.detach().float(), True
-    order, t0, tokens, done = batch_order(requests), time.perf_counter(), 0, 0
-    for start in range(0, len(order), batch_size):
-        batch = [requests[i] for i in order[start : start + batch_size]]
+    t0, tokens, done = time.perf_counter(), 0, 0
+    for rows in batches(requests, batch_order(requests), batch_size):
+        batch = [requests[i] for i in rows]
         with ablation_hooks(model, state):
             comps = decode_batch(
                 model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention
