@@ -674,7 +674,7 @@ def subset_sweep(rows: Frame, path: str | Path) -> Path:
     with _style():
         fig, axes = _figure(2, 1, figsize=(12, 10), sharex=True)
         fig.suptitle(
-            f"Subset sweep: which ablated components remove backtracking "
+            f"Subset sweep: backtracking rate and accuracy per ablated subset "
             f"({_n_text(n).replace('per group', 'completions per arm')}, {total:,} in all)",
             fontweight="bold",
         )
@@ -745,7 +745,7 @@ def scale_tradeoff(rows: Frame, path: str | Path, *, subset: str | None = None) 
     with _style():
         fig, (left, right) = _figure(1, 2, figsize=(14, 6))
         fig.suptitle(
-            f"Scale sweep: scaling the {what} trades backtracking against accuracy "
+            f"Scale sweep: backtracking rate and accuracy as the {what} are scaled "
             f"({_n_text(n).replace('per group', 'completions per scale')})",
             fontweight="bold",
         )
