@@ -344,3 +344,20 @@ def test_preview_markdown_downscales(tmp_path: Path) -> None:
 
 def test_preview_markdown_missing_file(tmp_path: Path) -> None:
     assert "not found" in plots.preview_markdown(tmp_path / "nope.png", "x")
+
+
+@pytest.mark.parametrize(("rate", "zoomed"), [(3.1, True), (45.0, True), (70.8, False)])
+def test_percent_axes_zoom_only_when_the_data_stay_low(rate, zoomed):
+    """A 3% backtracking rate is not drawn on a 0-118% axis; a 70% rate keeps the full axis."""
+    from bt_assets.lib.plots import PCT_TOP, _bar_labels, _figure, _fit_pct_axes, _pct_axis
+
+    fig, (ax,) = _figure(1, 1)
+    ax.bar([0], [rate], yerr=[[1.0], [2.0]])
+    _bar_labels(ax, np.array([0.0]), np.array([rate]), np.array([rate + 2.0]), [f"{rate}%"])
+    _pct_axis(ax, "rate (%)")
+    _fit_pct_axes(fig)  # what _save does before writing the PNG
+    top = ax.get_ylim()[1]
+    if zoomed:
+        assert rate + 3.5 < top < PCT_TOP and top == pytest.approx(max(10.0, 1.35 * (rate + 3.5) + 2))
+    else:
+        assert top == PCT_TOP

@@ -28,6 +28,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 STYLE = "seaborn-v0_8-whitegrid"
 DPI = 150
@@ -135,7 +136,26 @@ def _figure(
     return fig, axes.ravel()
 
 
+def _fit_pct_axes(fig: Figure) -> None:
+    """Zoom percent axes whose data stay low (< 60%), e.g. a 3% backtracking rate, so bars and intervals
+    are readable: the top becomes 1.35 x the highest bar, interval, line or value label (at least 10%)."""
+    for ax in fig.axes:
+        if not getattr(ax, "_bt_pct", False):
+            continue
+        tops = [ax.dataLim.y1] if np.isfinite(ax.dataLim.y1) else []
+        tops += [t.get_position()[1] for t in ax.texts if t.get_transform() == ax.transData]
+        top = max((float(t) for t in tops if np.isfinite(t)), default=float("nan"))
+        if np.isfinite(top) and 0 < top < 60:
+            ax.set_ylim(0, max(10.0, 1.35 * top + 2))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        right = ax.dataLim.x1
+        if getattr(ax, "_bt_pct_x", False) and np.isfinite(right) and 0 < right < 60:  # a percent x axis
+            ax.set_xlim(0, max(10.0, 1.2 * right + 2))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
+    _fit_pct_axes(fig)
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI, bbox_inches="tight")
@@ -163,6 +183,7 @@ def _note(ax: Axes, msg: str, y: float = 0.5, blank_x: bool = False) -> None:
 
 
 def _pct_axis(ax: Axes, label: str) -> None:
+    ax._bt_pct = True  # _fit_pct_axes zooms it at save time when the data stay low
     ax.set_ylim(0, PCT_TOP)
     ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel(label)
@@ -758,6 +779,7 @@ def scale_tradeoff(rows: Frame, path: str | Path, *, subset: str | None = None) 
         )
         right.set_xlabel("backtracking rate (%)")
         right.set_xlim(0, 105)
+        right._bt_pct_x = True  # zoomed at save time when the rates stay low (_fit_pct_axes)
         _pct_axis(right, "accuracy (%)")
         if not ok.any():
             for ax in (left, right):
