@@ -125,8 +125,27 @@ def test_decode_batches_never_run_below_the_row_floor(model):
     finally:
         handle.remove()
     assert len(out) == 3 and all(c.n_tokens <= 3 for c in out.values())
-    # prefill: 2 prompts (3 and 7 tokens) keep all 7 padded positions = 14 rows, as many as they have
-    assert rows[0] == 14 and len(rows) >= 2 and min(rows[1:]) >= MIN_DECODE_ROWS
+    # prefill: 2 prompts (3 and 7 tokens, padded to MIN_DECODE_ROWS positions) keep 8 positions each
+    assert rows[0] == 16 and len(rows) >= 2 and min(rows[1:]) >= MIN_DECODE_ROWS
+
+
+@pytest.mark.parametrize("case", ["nucleus_top64", "full_vocab"])
+def test_common_prompt_width_makes_outputs_bit_identical_across_batches(model, case):
+    """With every prompt padded to one width, rows of any batch size, order and neighbours get the same
+    arithmetic (row-exact attention, >= MIN_DECODE_ROWS rows per product): identical token ids. Before
+    the common width, batch 7 and batch 64 differed in 1 of 18 full-vocabulary completions."""
+    reqs = requests(conditions=(0, 1, 2), samples=2)
+    table = scale_table(GOLDEN_TABLE, N_LAYERS)
+    sampling = GOLDEN_CASES[case]
+    width = max(len(r.prompt_ids) for r in reqs) + 20  # wider than any prompt and than the floor
+    want = tokens(run(model, reqs, table, sampling=sampling, batch_size=64, prompt_width=width))
+    shuffled = reqs[:]
+    random.Random(3).shuffle(shuffled)
+    for bs, rs in ((1, reqs), (5, shuffled), (7, reqs), (13, shuffled)):
+        assert tokens(run(model, rs, table, sampling=sampling, batch_size=bs, prompt_width=width)) == want, bs
+    assert tokens(run(model, reqs, table, sampling=sampling, batch_size=7)) == tokens(
+        run(model, reqs, table, sampling=sampling, batch_size=64)
+    )  # the default width (the MIN_DECODE_ROWS floor) is common to all batches of these short prompts
 
 
 def test_scale_one_reproduces_baseline(model):
@@ -315,9 +334,10 @@ def test_demo_model_generates_text(demo_tokenizer):
 
 
 # --- golden token ids: any optimisation that changes the engine's fp32 outputs fails here ---------
-# Rewritten once, deliberately, when CPU decoding moved from sdpa's flash kernel to its math kernel
-# (row_exact_attention): 143 of 144 pinned completions stayed identical, 1 (llama/full_vocab) changed at
-# a rounding-level near-tie. The flash kernel's results depended on a row's position in the batch.
+# Rewritten deliberately twice: when CPU decoding moved from sdpa's flash kernel to its math kernel
+# (row_exact_attention; 143 of 144 pinned completions unchanged, 1 changed at a rounding-level near-tie:
+# the flash kernel's results depended on a row's position in the batch), and when every batch got one
+# common prompt width (142 of 144 unchanged, 2 full-vocabulary rows moved at near-ties).
 
 GOLDEN = Path(__file__).parent / "fixtures" / "engine_golden_fp32.json"
 GOLDEN_TABLE = [{}, {("attn", 1): 0.0, ("mlp", 2): 0.5}, ZERO_MLP]

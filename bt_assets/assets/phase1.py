@@ -25,9 +25,11 @@ def generate_cells(
     cells: list[Cell],
     asset_name: str,
     samples: int,
+    prompt_table: pl.DataFrame,
     hook_state: HookState | None = None,
 ) -> dict[str, CellReport]:
-    """Generate every cell of this run together and attach per-partition metadata."""
+    """Generate every cell of this run together and attach per-partition metadata. Prompts are padded to
+    the longest of ``prompt_table`` (all cells of the asset), so outputs do not depend on the run's cells."""
     profile.check_layers(len(decoder_layers(model.model)))  # fail before any decoding, naming the key
     g = profile.generation
     reports = run_cells(
@@ -46,6 +48,7 @@ def generate_cells(
         hook_state=hook_state,
         log=context.log.info,
         progress=context.log.info,  # rows done, tok/s, ETA: after the first batch, then every ~10 s
+        prompt_width=int(prompt_table["prompt_tokens"].max() or 0),
     )
     for key, rep in reports.items():
         context.add_asset_metadata(
@@ -117,7 +120,13 @@ def build(profile: Profile) -> list:
         """Sampled baseline completions per (variant, condition) cell: tokens, true length, finish reason."""
         cells = phase1_cells(profile, prompts, list(context.partition_keys))
         reports = generate_cells(
-            context, profile, model, cells, "phase1_generations", profile.generation.samples_per_prompt
+            context,
+            profile,
+            model,
+            cells,
+            "phase1_generations",
+            profile.generation.samples_per_prompt,
+            prompts,
         )
         return dg.MaterializeResult(
             metadata=provenance_metadata(
@@ -163,7 +172,13 @@ def build(profile: Profile) -> list:
         for c in cells:
             context.log.info(f"{c.key}: {len(c.scales)} components scaled: {sorted(c.scales)}")
         reports = generate_cells(
-            context, profile, model, cells, "ablation_generations", profile.generation.samples_per_prompt
+            context,
+            profile,
+            model,
+            cells,
+            "ablation_generations",
+            profile.generation.samples_per_prompt,
+            prompts,
         )
         return dg.MaterializeResult(
             metadata=provenance_metadata(

@@ -95,6 +95,7 @@ def build(profile: Profile) -> list:
             cells,
             "sweep_generations",
             p2.samples_per_prompt,
+            sweep_prompts,
             hook_state=HookState.empty(),
         )
         return dg.MaterializeResult(

@@ -10,10 +10,11 @@ counter-based uniform of (seed, problem, sample, t), so the conditions of one (p
 paired and a completion does not depend on batch size, order or neighbours up to floating-point
 rounding. Each row stops at its own EOS and leaves the batch (its cache rows are dropped).
 
-Exactness (fp32): all rows of one prompt decode in the same batch (``batches``), and no matrix product
-runs on fewer than ``MIN_DECODE_ROWS`` rows, so a condition that scales nothing equals the baseline bit
-for bit. Across different batch compositions a prompt's left padding can still change attention sums at
-the rounding level, which flips a sampled token only at a near-tie (bench/RESULTS.md).
+Exactness (fp32, CPU): attention runs on sdpa's row-exact math kernel, no matrix product runs on fewer
+than ``MIN_DECODE_ROWS`` rows, every prompt is left-padded to one width for the whole run
+(``prompt_width``), and all rows of one prompt decode in the same batch (``batches``). A completion is
+then bit-identical whatever its batch size, order or neighbours, and a condition that scales nothing
+equals the baseline (bench/RESULTS.md has the measurements behind each rule).
 
 Speed (bench/generation.py, bench/RESULTS.md): with all rows of a chunk in one batch the decode step is
 bound by the linear layers' matrix products; the rest is attention, sampling (a top-k prefilter and
@@ -75,9 +76,11 @@ class Completion:
         return len(self.token_ids) + (self.finish_reason == "stop")
 
 
-def _left_pad(prompts: Sequence[tuple[int, ...]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) ids and attention mask, prompts right-aligned."""
-    width = max(len(p) for p in prompts)
+def _left_pad(
+    prompts: Sequence[tuple[int, ...]], pad_id: int, min_width: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) ids and attention mask, prompts right-aligned, T = max(longest prompt, ``min_width``)."""
+    width = max(min_width, *(len(p) for p in prompts))
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -346,6 +349,7 @@ def decode_batch(
     pad_id: int,
     eos_check_every: int | None = None,
     shared_attention: bool | None = None,
+    prompt_width: int = 0,
 ) -> list[Completion]:
     """Sample every row of one batch to its EOS or ``max_new_tokens``; hooks read ``state`` per forward.
 
@@ -365,7 +369,7 @@ def decode_batch(
     """
     with row_exact_attention(model):
         return _decode_batch(
-            model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention
+            model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention, prompt_width
         )
 
 
@@ -378,6 +382,7 @@ def _decode_batch(
     pad_id: int,
     eos_check_every: int | None = None,
     shared_attention: bool | None = None,
+    prompt_width: int = 0,
 ) -> list[Completion]:
     if not state.decode_only:
         raise ValueError(
@@ -388,7 +393,11 @@ def _decode_batch(
     batch = list(batch) + [batch[-1]] * max(0, MIN_DECODE_ROWS - n_real)  # padding rows (see the constant)
     distinct: dict[tuple[int, ...], int] = {}
     src = torch.tensor([distinct.setdefault(r.prompt_ids, len(distinct)) for r in batch], device=dev)
-    ids, mask = (t.to(dev) for t in _left_pad(list(distinct), pad_id))
+    # every prompt is left-padded to the same width in every batch (at least MIN_DECODE_ROWS, so the
+    # prefill's matrix products have enough rows): attention sums then run over the same columns
+    # whatever the batch holds, and a completion does not depend on its batch's other prompts
+    min_width = max(prompt_width, MIN_DECODE_ROWS)
+    ids, mask = (t.to(dev) for t in _left_pad(list(distinct), pad_id, min_width))
     width, steps, n = ids.shape[1], sampling.max_new_tokens, len(batch)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (P, T) positions count real tokens only
     if shared_attention is None:
@@ -522,6 +531,7 @@ def generate(
     progress: Callable[[dict], None] | None = None,
     eos_check_every: int | None = None,
     shared_attention: bool | None = None,
+    prompt_width: int = 0,
 ) -> Iterator[list[Completion]]:
     """Yield the completions of each finished batch (in ``batch_order``, not request order).
 
@@ -529,6 +539,10 @@ def generate(
     only. One HookState serves the whole call; its call counts keep accumulating in ``hook_state_out``
     (by phase, component, layer, and by condition). Hooks are installed per batch and removed before each
     yield, so the model is never left hooked while the caller holds the generator.
+
+    ``prompt_width``: left-pad every prompt to at least this many tokens. Pass the longest prompt of the
+    whole run (e.g. the prompts table's maximum): every batch then has the same width, and in fp32 on
+    CPU a completion is bit-identical whatever its batch size, order or neighbours.
     """
     state = hook_state_out if hook_state_out is not None else HookState.empty()
     state.scales, state.decode_only = scales.detach().float(), True
@@ -537,7 +551,15 @@ def generate(
         batch = [requests[i] for i in rows]
         with ablation_hooks(model, state):
             comps = decode_batch(
-                model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention
+                model,
+                batch,
+                state,
+                sampling,
+                eos_ids,
+                pad_id,
+                eos_check_every,
+                shared_attention,
+                prompt_width,
             )
         done, tokens = done + len(comps), tokens + sum(c.n_tokens for c in comps)
         if progress is not None:

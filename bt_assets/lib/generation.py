@@ -129,11 +129,14 @@ def run_cells(
     log: Callable[[str], None] = print,
     progress: Callable[[str], None] | None = None,
     progress_every_s: float = 10.0,
+    prompt_width: int = 0,
 ) -> dict[str, CellReport]:
     """Generate every missing chunk of every cell; return a report per cell (rows, tok/s, truncation).
 
     ``progress`` (e.g. a Dagster ``context.log.info``) gets a line with rows done / to do, tokens, tok/s
     and ETA after the first batch, then at most every ``progress_every_s`` seconds, and after the last.
+    ``prompt_width``: the engine's common left-padded prompt width (the longest prompt of the asset's
+    whole prompt table, so that a chunk's tokens do not depend on which cells share its run).
     """
     n_layers = len(decoder_layers(model))
     scales = scale_table([c.scales for c in cells], n_layers)
@@ -197,6 +200,7 @@ def run_cells(
                 batch_size=batch_size,
                 hook_state_out=hook_state,
                 progress=tracker.batch_done,
+                prompt_width=prompt_width,
             )
             for c in batch
         ]
