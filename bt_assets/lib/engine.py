@@ -366,24 +366,8 @@ def decode_batch(
     and sdpa. Default: on for a bf16/fp16 model on CPU (decode attention there is bound by re-reading the
     prompt's K/V per row), off for fp32, whose outputs stay those of sdpa token for token (the shared
     path's float32 sums run in another order: the same tokens but for an occasional rounding-level tie).
+    ``generate`` runs it under ``row_exact_attention``.
     """
-    with row_exact_attention(model):
-        return _decode_batch(
-            model, batch, state, sampling, eos_ids, pad_id, eos_check_every, shared_attention, prompt_width
-        )
-
-
-def _decode_batch(
-    model: nn.Module,
-    batch: Sequence[Request],
-    state: HookState,
-    sampling: SamplingConfig,
-    eos_ids: Sequence[int],
-    pad_id: int,
-    eos_check_every: int | None = None,
-    shared_attention: bool | None = None,
-    prompt_width: int = 0,
-) -> list[Completion]:
     if not state.decode_only:
         raise ValueError(
             "decode_batch shares the prompt prefill across conditions: hooks must be decode_only"
@@ -421,7 +405,7 @@ def _decode_batch(
         use_cache=True,
         # enough positions per prompt that the unembedding multiplies >= MIN_DECODE_ROWS rows: the
         # first token's logits then do not depend on how many distinct prompts share the batch
-        logits_to_keep=min(width, -(-MIN_DECODE_ROWS // ids.shape[0])),
+        logits_to_keep=-(-MIN_DECODE_ROWS // ids.shape[0]),  # <= width: prompts are >= MIN_DECODE_ROWS wide
     )
     logits = out.logits[:, -1][src]  # (n, V): each row starts from its prompt's prefill
     if shared_attention:
@@ -471,9 +455,9 @@ def _decode_steps(
             if not bool(live.any()):
                 break
             keep = live.nonzero().squeeze(1)
-            floor = min(MIN_DECODE_ROWS, alive.numel())
-            if keep.numel() < floor:  # finished rows stay as padding (MIN_DECODE_ROWS); outputs ignored
-                keep = torch.cat([keep, (~live).nonzero().squeeze(1)[: floor - keep.numel()]]).sort().values
+            if keep.numel() < MIN_DECODE_ROWS:  # finished rows stay as padding (the batch has >= that many)
+                pad = (~live).nonzero().squeeze(1)[: MIN_DECODE_ROWS - keep.numel()]
+                keep = torch.cat([keep, pad]).sort().values
             if keep.numel() < alive.numel():  # drop finished rows from every per-row tensor and the cache
                 alive, nxt, attend, pos = alive[keep], nxt[keep], attend[keep], pos[keep]
                 cache.batch_select_indices(keep)
@@ -549,7 +533,7 @@ def generate(
     t0, tokens, done = time.perf_counter(), 0, 0
     for rows in batches(requests, batch_order(requests), batch_size):
         batch = [requests[i] for i in rows]
-        with ablation_hooks(model, state):
+        with ablation_hooks(model, state), row_exact_attention(model):
             comps = decode_batch(
                 model,
                 batch,

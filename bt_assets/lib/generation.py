@@ -140,10 +140,7 @@ def run_cells(
     """
     n_layers = len(decoder_layers(model))
     scales = scale_table([c.scales for c in cells], n_layers)
-    stores = [
-        ChunkStore(store_root, c.key, cell_fingerprint(c, identity, sampling, samples, chunk_problems))
-        for c in cells
-    ]
+    stores = [cell_store(store_root, c, identity, sampling, samples, chunk_problems) for c in cells]
     chunked = [_chunks(c.prompts, chunk_problems) for c in cells]
     n_chunks = max(len(ch) for ch in chunked)
     reports = {c.key: CellReport(c.key, path=str(s.directory)) for c, s in zip(cells, stores, strict=True)}
@@ -398,9 +395,7 @@ def read_hook_counts(
     """Hook calls per (cell, phase, component, layer) over every chunk of each cell."""
     rows = []
     for cell in cells:
-        store = ChunkStore(
-            store_root, cell.key, cell_fingerprint(cell, identity, sampling, samples, chunk_problems)
-        )
+        store = cell_store(store_root, cell, identity, sampling, samples, chunk_problems)
         for path in sorted(store.directory.glob(f"chunk-*{HOOKS_SUFFIX}")):
             rows += [{"cell": cell.key, **r} for r in json.loads(path.read_text())]
     if not rows:
