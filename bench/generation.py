@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bt_assets.lib.engine import Request, SamplingConfig, generate  # noqa: E402
 from bt_assets.lib.hooks import decoder_layers, scale_table  # noqa: E402
 from bt_assets.lib.modeling import ModelSpec, load_model, load_tokenizer  # noqa: E402
-from bt_assets.lib.problems import synthetic_problems  # noqa: E402
+from bt_assets.lib.synthetic import synthetic_problems  # noqa: E402
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ABLATION = {("mlp", 27): 0.0, ("mlp", 26): 0.0, ("attn", 27): 0.0}

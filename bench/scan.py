@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bt_assets.lib import teacher  # noqa: E402
 from bt_assets.lib.hooks import decoder_layers  # noqa: E402
 from bt_assets.lib.modeling import ModelSpec, load_model, load_tokenizer  # noqa: E402
-from bt_assets.lib.problems import synthetic_problems  # noqa: E402
+from bt_assets.lib.synthetic import synthetic_problems  # noqa: E402
 
 
 def make_events(tokenizer, n: int, length: int) -> list[teacher.Event]:

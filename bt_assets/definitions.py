@@ -1,39 +1,35 @@
-"""The bt code location: every asset, check, job and schedule of the profile in ``BT_PROFILE``."""
+"""The bt code location: every asset, check, job and schedule of the profile in ``BT_PROFILE``.
+
+Each module under ``bt_assets/assets`` is one stage with one shape, ``build(profile) -> list`` of asset
+and check definitions; the asset groups are the stages: data, generation, events, analysis, phase2,
+reports. An imported original run (``phase1.import_dir``) has no completions: its events come from the
+original's CSV (``imported``) and only the stages that need no model exist.
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
 from bt_assets import schedules
-from bt_assets.assets import analysis, common, data, events, figures, phase1, phase2, reports
+from bt_assets.assets import analysis, data, events, figures, generation, imported, metrics, phase2, reports
 from bt_assets.config import Profile, load_profile
 from bt_assets.io import PolarsParquetIOManager
 from bt_assets.resources import HookedModel
 
+LIVE_STAGES = (data, generation, events, metrics, analysis, phase2, figures, reports)
+IMPORT_STAGES = (data, imported, metrics)
+
 
 def build_definitions(profile: Profile, model: HookedModel | None = None) -> dg.Definitions:
     """All definitions of one profile; ``model`` overrides the profile's model resource (tests)."""
-    if profile.phase1.import_dir:  # an imported original run: no completions, so no model stages
-        assets = [*data.build(profile), *events.build(profile)]
-    else:
-        assets = [
-            *data.build(profile),
-            *phase1.build(profile),
-            *events.build(profile),
-            *analysis.build(profile),
-            *figures.build(profile, 1),
-            *reports.build(profile, 1),
-            *phase2.build(profile),
-            *figures.build(profile, 2),
-            *reports.build(profile, 2),
-        ]
-    full = not profile.phase1.import_dir
+    live = not profile.phase1.import_dir
+    stages = LIVE_STAGES if live else IMPORT_STAGES
     return dg.Definitions(
-        assets=assets,
-        jobs=schedules.jobs(profile) if full else [],
-        schedules=[schedules.sweep_schedule(profile)] if full else [],
+        assets=[d for stage in stages for d in stage.build(profile)],  # assets and their checks
+        jobs=schedules.jobs(profile) if live else [],
+        schedules=[schedules.sweep_schedule(profile)] if live else [],
         resources={
-            "model": model or common.model_resource(profile),
+            "model": model or HookedModel(profile=profile.source),
             "io_manager": PolarsParquetIOManager(base_dir=str(profile.path("storage"))),
         },
         executor=dg.in_process_executor,

@@ -9,14 +9,8 @@ from __future__ import annotations
 import dagster as dg
 
 from bt_assets.config import Profile
-
-
-def cell_key(**parts: object) -> str:
-    return ",".join(f"{k}={v}" for k, v in parts.items())
-
-
-def parse_cell_key(key: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in key.split(","))
+from bt_assets.lib.cells import cell_key
+from bt_assets.lib.sweeps import SweepCell, sweep_cells
 
 
 def phase1_keys(profile: Profile) -> list[str]:
@@ -35,14 +29,11 @@ def phase1_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(phase1_keys(profile))
 
 
-def sweep_cell_list(profile: Profile):
-    from bt_assets.lib.sweeps import sweep_cells
-
+def sweep_cell_list(profile: Profile) -> list[SweepCell]:
     p2 = profile.phase2
     scale_subset = p2.scale_sweep.subset if p2.scale_sweep else None
     scales = p2.scale_sweep.scales if p2.scale_sweep else []
-    scale = 0.0 if profile.ablation.mode == "zero" else profile.ablation.scale
-    return sweep_cells([s.name for s in p2.subsets], scale, scale_subset, scales)
+    return sweep_cells([s.name for s in p2.subsets], profile.ablation_scale, scale_subset, scales)
 
 
 def sweep_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:

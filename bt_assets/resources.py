@@ -9,31 +9,32 @@ import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
+from bt_assets.config import load_profile
 from bt_assets.lib.modeling import ModelSpec, eos_ids, load_model, load_tokenizer
 
 
 class HookedModel(dg.ConfigurableResource):
-    """A causal LM whose attention/MLP outputs the assets scale through ``bt_assets.lib.hooks``.
+    """The causal LM of a profile, whose attention/MLP outputs the assets scale through
+    ``bt_assets.lib.hooks``.
 
-    Nothing loads at resource setup (an in-process run sets up every resource, even for CPU-only
+    Its one setting is the profile (a name under ``configs/`` or a YAML path): the model it loads is
+    that profile's ``model`` section (``ModelSpec``), the same spec that fingerprints every generation
+    chunk, so the resource cannot load weights or a dtype other than the ones the outputs are recorded
+    under. Nothing loads at resource setup (an in-process run sets up every resource, even for CPU-only
     steps): the tokenizer and the model load on first access and are reused for the whole run.
     """
 
-    model_id: str
-    gguf_file: str | None = None
-    dtype: str = "float32"
-    device: str = "auto"
-    attn_implementation: str = "sdpa"
-    revision: str | None = None
+    profile: str
 
+    _spec: ModelSpec | None = PrivateAttr(default=None)
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
 
     @property
     def spec(self) -> ModelSpec:
-        return ModelSpec(
-            self.model_id, self.gguf_file, self.dtype, self.device, self.attn_implementation, self.revision
-        )
+        if self._spec is None:
+            self._spec = load_profile(self.profile).model
+        return self._spec
 
     @property
     def tokenizer(self):
@@ -44,8 +45,9 @@ class HookedModel(dg.ConfigurableResource):
     @property
     def model(self) -> torch.nn.Module:
         if self._model is None:
-            dg.get_dagster_logger().info(f"loading model {self.model_id} ({self.dtype}, {self.device})")
-            self._model = load_model(self.spec)
+            s = self.spec
+            dg.get_dagster_logger().info(f"loading model {s.id} ({s.dtype}, {s.device})")
+            self._model = load_model(s)
         return self._model
 
     @property

@@ -8,8 +8,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from bt_assets.config import Profile
 from bt_assets.partitions import sweep_partitions
 
-PHASE1_GROUPS = ["data", "phase1", "events", "metrics", "analysis", "phase1_figures", "phase1_report"]
-PHASE2_GROUPS = ["phase2", "phase2_figures", "phase2_report"]
+# The stages of Phase 1 (groups), and the figures/reports of each phase (group "reports", tag bt/phase).
+PHASE1 = dg.AssetSelection.groups("data", "generation", "events", "analysis") | dg.AssetSelection.tag(
+    "bt/phase", "1"
+)
+PHASE2 = dg.AssetSelection.groups("phase2") | dg.AssetSelection.tag("bt/phase", "2")
 # A Dagster job holds at most one partitions definition, so each partitioned generation asset has its own
 # job and the phase jobs hold the unpartitioned assets that read every cell.
 PARTITIONED = {
@@ -41,14 +44,14 @@ def jobs(profile: Profile) -> list:
         ),
         dg.define_asset_job(
             "phase1_job",
-            selection=dg.AssetSelection.groups(*PHASE1_GROUPS) - cells,
+            selection=PHASE1 - cells,
             executor_def=dg.in_process_executor,
             tags=gpu,
             description="Phase 1 after the generation cells: events, metrics, analysis, figures, report",
         ),
         dg.define_asset_job(
             "phase2_job",
-            selection=dg.AssetSelection.groups(*PHASE2_GROUPS) - cells,
+            selection=PHASE2 - cells,
             executor_def=dg.in_process_executor,
             tags=gpu,
             description="Phase 2 after the sweep cells: results, continuation, hook stats, figures, report",

@@ -35,8 +35,7 @@ class BiasedModel(HookedModel):
 def run(tmp_path_factory, tiny_dirs):
     tmp = tmp_path_factory.mktemp("graph")
     profile = load_profile(str(write_profile(tmp, tiny_dirs["qwen2"])))
-    m = profile.model
-    model = BiasedModel(model_id=m.id, dtype="float32", device="cpu")
+    model = BiasedModel(profile=profile.source)
     defs = build_definitions(profile, model=model)
     (tmp / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:

@@ -149,7 +149,7 @@ def check_ui(bt_server: DagsterServer, page) -> None:
         nux.wait_for(state="visible", timeout=10_000)
         nux.click()
     graph = page.locator("foreignObject")  # the graph's nodes
-    for group in ("data", "phase1", "events", "analysis", "phase1_figures", "phase2", "phase2_report"):
+    for group in ("data", "generation", "events", "analysis", "phase2", "reports"):
         expect(graph.get_by_text(group, exact=True).first, f"group {group}").to_be_visible()
     snap(page, "01_asset_graph")
 

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from bt_assets.lib import metrics as M
+from bt_assets.lib import original_tables as T
 
 FIX = Path(__file__).parent / "fixtures"
 RUN = FIX / "phase1_run"
@@ -75,7 +76,7 @@ METRICS_V2_REFERENCE = {
 
 @pytest.fixture(scope="module")
 def events() -> pl.DataFrame:
-    return M.read_original_events(RUN / "backtracking_events.csv")
+    return T.read_original_events(RUN / "backtracking_events.csv")
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,8 @@ def golds() -> dict[int, str]:
 
 
 def test_read_original_events_schema_and_coercion(events):
-    assert events.columns == M.EVENT_COLUMNS
-    assert events.schema == pl.Schema(M.EVENT_SCHEMA)
+    assert events.columns == T.EVENT_COLUMNS
+    assert events.schema == pl.Schema(T.EVENT_SCHEMA)
     assert events.height == 6000
     assert events["is_correct"].null_count() == 123
     assert events["predicted_answer"].null_count() == 124  # the 123 unknowns + one "" graded False
@@ -102,17 +103,17 @@ def test_read_original_events_schema_and_coercion(events):
 
 
 def test_events_csv_round_trips_byte_for_byte(events, tmp_path):
-    M.write_original_csv(events, tmp_path / "events.csv")
+    T.write_original_csv(events, tmp_path / "events.csv")
     assert (tmp_path / "events.csv").read_bytes() == (RUN / "backtracking_events.csv").read_bytes()
 
 
 def test_read_rejects_wrong_schema(tmp_path):
-    header = [c for c in M.EVENT_COLUMNS if c != "is_correct"] + ["bogus"]
+    header = [c for c in T.EVENT_COLUMNS if c != "is_correct"] + ["bogus"]
     bad = tmp_path / "bad.csv"
     with open(bad, "w", newline="") as f:
         csv.writer(f).writerow(header)
     with pytest.raises(ValueError, match=r"missing columns \['is_correct'\].*unexpected columns \['bogus'\]"):
-        M.read_original_events(bad)
+        T.read_original_events(bad)
     row = [
         "0",
         "0",
@@ -133,22 +134,22 @@ def test_read_rejects_wrong_schema(tmp_path):
         "2",
     ]
     with open(bad, "w", newline="") as f:
-        csv.writer(f).writerows([M.EVENT_COLUMNS, row])
+        csv.writer(f).writerows([T.EVENT_COLUMNS, row])
     with pytest.raises(ValueError, match="has_backtracking_strict"):
-        M.read_original_events(bad)
+        T.read_original_events(bad)
 
 
 # --- the three Phase-1 files -----------------------------------------------------------------------
 
 
 def test_summary_metrics_json_is_reproduced_exactly(events, tmp_path):
-    ours = M.summary_metrics(events, VARIANTS, CONDITIONS)
+    ours = T.summary_metrics(events, VARIANTS, CONDITIONS)
     ref_text = (RUN / "summary_metrics.json").read_text(encoding="utf-8")
     ref = json.loads(ref_text)
     assert ours == ref  # mapping equality, floats compared exactly
     assert list(ours) == list(ref)  # key order of the original
     assert list(ours["by_variant"]) == VARIANTS and list(ours["by_condition"]) == CONDITIONS  # config order
-    M.write_json(ours, tmp_path / "summary_metrics.json")
+    T.write_json(ours, tmp_path / "summary_metrics.json")
     # the reference's set order happens to equal config order, so the file is byte-identical
     assert (tmp_path / "summary_metrics.json").read_text(encoding="utf-8") == ref_text
     assert not ref_text.endswith("\n")
@@ -159,10 +160,10 @@ def _lines(path: Path) -> list[str]:
 
 
 def test_condition_comparison_csv_rows_are_reproduced(events, tmp_path):
-    df = M.condition_comparison(events, V, CONDITIONS)
+    df = T.condition_comparison(events, V, CONDITIONS)
     # config order (the original's set order was targeted, baseline, random)
     assert df["condition"].to_list() == CONDITIONS
-    M.write_original_csv(df, tmp_path / "cc.csv")
+    T.write_original_csv(df, tmp_path / "cc.csv")
     ours, ref = _lines(tmp_path / "cc.csv"), _lines(RUN / "condition_comparison.csv")
     assert ours[0] == ref[0]
     assert set(ours) == set(ref) and len(ours) == len(ref)
@@ -172,18 +173,18 @@ def test_condition_comparison_csv_rows_are_reproduced(events, tmp_path):
 
 
 def test_formatting_summary_csv_is_reproduced_byte_for_byte(events, tmp_path):
-    df = M.formatting_summary(events, VARIANTS)
-    M.write_original_csv(df, tmp_path / "fs.csv")
+    df = T.formatting_summary(events, VARIANTS)
+    T.write_original_csv(df, tmp_path / "fs.csv")
     assert (tmp_path / "fs.csv").read_bytes() == (RUN / "formatting_summary.csv").read_bytes()
     assert df["accuracy"][1] == 236 / (1200 - 3)  # unknowns excluded (B15)
 
 
 def test_summary_edge_cases():
-    empty = pl.DataFrame(schema=M.EVENT_SCHEMA)
-    assert M.summary(empty) == {"error": "no events"}
-    assert M.condition_comparison(empty, V, CONDITIONS).height == 0
-    assert M.formatting_summary(empty, VARIANTS).height == 0
-    specific = M.metrics_v2(empty, VARIANTS, CONDITIONS, V)["variant_specific"]
+    empty = pl.DataFrame(schema=T.EVENT_SCHEMA)
+    assert T.summary(empty) == {"error": "no events"}
+    assert T.condition_comparison(empty, V, CONDITIONS).height == 0
+    assert T.formatting_summary(empty, VARIANTS).height == 0
+    specific = T.metrics_v2(empty, VARIANTS, CONDITIONS, V)["variant_specific"]
     assert specific == {"error": f"no events for variant {V}"}
 
 
@@ -191,7 +192,7 @@ def test_summary_edge_cases():
 
 
 def test_metrics_v2_matches_the_original(events):
-    m = M.metrics_v2(events, VARIANTS, CONDITIONS, V)
+    m = T.metrics_v2(events, VARIANTS, CONDITIONS, V)
     assert m == METRICS_V2_REFERENCE
     assert list(m) == [
         "baseline_only_summary",

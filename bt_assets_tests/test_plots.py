@@ -1,363 +1,375 @@
-"""Figures: every function writes a sane PNG for normal, empty and NaN-laden inputs; previews embed PNGs."""
+"""Figures: what each builder draws (bar heights and order, interval ends, ticks, titles, notes, zoom),
+which inputs raise FigureDataError, save / preview of the PNG."""
 
 from __future__ import annotations
 
 import base64
 import io
-import math
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
+import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 import pytest
+from matplotlib.axes import Axes
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
 from PIL import Image
 
 from bt_assets.lib import plots
+from bt_assets.lib.plots import FigureDataError
+from bt_assets.lib.plots.common import BASELINE, BT, CONTROL, NEGATIVE, PCT_TOP, RANDOM, TARGETED
 
 NAN = float("nan")
-# Same columns as bt_assets.lib.rates.group_rates (not imported: tests of the figures stay standalone).
-RATE_SCHEMA = {
-    "n": pl.Int64,
-    "bt_count": pl.Int64,
-    "bt_rate": pl.Float64,
-    "bt_lo": pl.Float64,
-    "bt_hi": pl.Float64,
-    "correct": pl.Int64,
-    "accuracy": pl.Float64,
-    "acc_lo": pl.Float64,
-    "acc_hi": pl.Float64,
-}
+VARIANTS = ["think_newline", "same_line", "no_tags"]
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    if n == 0:
-        return NAN, NAN
-    p, z = k / n, 1.96
-    c = (p + z * z / (2 * n)) / (1 + z * z / n)
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return c - h, c + h
+def ci(name: str, values: list, down: float = 0.02, up: float = 0.03) -> dict[str, list]:
+    """A column and asymmetric interval columns (value - down, value + up) so both ends are checkable."""
+    lo, hi = ([None if v is None else v + d for v in values] for d in (-down, up))
+    return {name: values, f"{name}_lo": lo, f"{name}_hi": hi}
 
 
-def rate_rows(key: str, names: list[str], ns: list[int], bts: list[int], oks: list[int]) -> pl.DataFrame:
-    rows = []
-    for name, n, b, ok in zip(names, ns, bts, oks, strict=True):
-        (bl, bh), (al, ah) = wilson(b, n), wilson(ok, n)
-        rows.append(
-            {
-                key: name,
-                "n": n,
-                "bt_count": b,
-                "bt_rate": b / n if n else NAN,
-                "bt_lo": bl,
-                "bt_hi": bh,
-                "correct": ok,
-                "accuracy": ok / n if n else NAN,
-                "acc_lo": al,
-                "acc_hi": ah,
-            }
-        )
-    return pl.DataFrame(rows, schema={key: pl.String, **RATE_SCHEMA})
+def rate_rows(key: str, names: list[str], bt: list[float], acc: list[float], n: int = 400) -> pl.DataFrame:
+    return pl.DataFrame(
+        {key: names, "n": [n] * len(names), "bt_count": [round(b * n) for b in bt], **ci("bt_rate", bt)}
+        | {"correct": [round(a * n) for a in acc], **ci("accuracy", acc)}
+    )
 
 
-VARIANTS = ["baseline_think_newline", "think_same_line", "no_think_tags"]
-CONDITIONS = ["baseline", "targeted_ablation", "random_ablation"]
-
-
-def variant_rows() -> pl.DataFrame:
-    return rate_rows("variant", VARIANTS, [1200, 1200, 1200], [850, 818, 784], [259, 236, 222])
-
-
-def condition_rows() -> pl.DataFrame:
-    return rate_rows("condition", CONDITIONS, [1200, 1200, 1200], [850, 34, 659], [259, 14, 19])
+def variants() -> pl.DataFrame:
+    return rate_rows("variant", VARIANTS, [0.70, 0.65, 0.80], [0.20, 0.25, 0.15])
 
 
 def accuracy_rows() -> pl.DataFrame:
-    r = rate_rows("group", ["with backtracking", "without backtracking"], [850, 350], [850, 0], [221, 38])
-    return r.select(
-        "group", "n", "correct", "accuracy", pl.col("acc_lo").alias("lo"), pl.col("acc_hi").alias("hi")
+    r = rate_rows("group", ["with backtracking", "without backtracking"], [1.0, 0.0], [0.26, 0.12])
+    return r.select("group", "n", "correct", "accuracy", "accuracy_lo", "accuracy_hi")
+
+
+def lens_rows() -> pl.DataFrame:
+    """Layers unsorted on purpose: the lens is drawn in layer order."""
+    bt, ctl = (
+        ci("mean_target_logit_bt", [9.0, 1.0, 4.0], 1, 1),
+        ci("mean_target_logit_control", [2.0, 0.5, 1.0]),
+    )
+    return pl.DataFrame({"layer": [2, 0, 1], **bt, **ctl, "n_bt": [50] * 3, "n_control": [48] * 3})
+
+
+def scan_rows() -> pl.DataFrame:
+    """Sorted by effect, as the asset writes it, not by layer."""
+    comp, layer = ["mlp"] * 3 + ["attn"] * 3, [0, 1, 2] * 2
+    m = [0.5, -2.0, -0.25, -1.0, 0.75, 0.1]
+    cols = ci("delta_logit_mean", m, 0.3, 0.2) | ci("delta_logprob_mean", [x / 2 for x in m], 0.3, 0.2)
+    return pl.DataFrame({"component": comp, "layer": layer, **cols, "n_events": [40] * 6}).sort(
+        "delta_logit_mean"
     )
 
 
-def lens_rows(n_layers: int = 28, n: int = 120) -> pl.DataFrame:
-    layer = np.arange(n_layers)
-    bt = np.linspace(-2, 18, n_layers) + np.sin(layer)
-    ctl = np.linspace(-2, 6, n_layers)
-    return pl.DataFrame(
-        {
-            "layer": layer,
-            "mean_target_logit_bt": bt,
-            "ci_low_bt": bt - 1.2,
-            "ci_high_bt": bt + 1.2,
-            "n_bt": [n] * n_layers,
-            "mean_target_logit_control": ctl,
-            "ci_low_control": ctl - 0.8,
-            "ci_high_control": ctl + 0.8,
-            "n_control": [n] * n_layers,
-        }
-    )
-
-
-def scan_rows(n_layers: int = 28, n: int = 120) -> pl.DataFrame:
-    rng = np.random.default_rng(0)
-    rows = []
-    for comp in ("attn", "mlp"):
-        for layer in range(n_layers):
-            m = float(rng.normal(0, 0.6)) - (15.1 if (comp, layer) == ("attn", 0) else 0)
-            lp = m * 0.7
-            rows.append(
-                {
-                    "layer": layer,
-                    "component": comp,
-                    "delta_logit_mean": m,
-                    "delta_logit_ci_low": m - 0.3,
-                    "delta_logit_ci_high": m + 0.3,
-                    "delta_logprob_mean": lp,
-                    "delta_logprob_ci_low": lp - 0.2,
-                    "delta_logprob_ci_high": lp + 0.2,
-                    "n_events": n,
-                }
-            )
-    return pl.DataFrame(rows).sort("delta_logit_mean")  # the asset sorts by effect, not by layer
-
-
-def summary_dict() -> dict:
-    return {
-        "n": 480,
-        "bt_rate": 0.633,
-        "bt_lo": 0.589,
-        "bt_hi": 0.675,
-        "accuracy": 0.196,
-        "acc_lo": 0.163,
-        "acc_hi": 0.234,
-        "acc_with_bt": 0.25,
-        "acc_with_lo": 0.20,
-        "acc_with_hi": 0.30,
-        "acc_without_bt": 0.121,
-        "acc_without_lo": 0.08,
-        "acc_without_hi": 0.18,
-        "lift": 2.06,
-        "lift_lo": 1.4,
-        "lift_hi": 3.1,
-    }
+def summary() -> dict:
+    out: dict = {"n": 400, "lift": 2.08, "lift_lo": 1.4, "lift_hi": 3.1}
+    for k, v in {"bt_rate": 0.63, "accuracy": 0.20, "acc_with_bt": 0.25, "acc_without_bt": 0.12}.items():
+        out |= {c: x[0] for c, x in ci(k, [v]).items()}
+    return out
 
 
 def subset_rows() -> pl.DataFrame:
-    arms = ["baseline", "mlp_late_cluster", "mlp_27_only", "attn_27_only", "attn_no_early", "full_selected"]
-    r = rate_rows("arm", arms, [480] * 6, [304, 160, 136, 419, 477, 13], [94, 80, 70, 99, 60, 5])
-    base_bt, base_acc = 304 / 480, 94 / 480
-    return r.with_columns(
-        pl.Series("n_components", [0, 4, 1, 1, 10, 12]),
-        pl.when(pl.col("arm") == "baseline")
-        .then(None)
-        .otherwise(pl.col("bt_rate") - base_bt)
-        .alias("delta_bt"),
-        pl.when(pl.col("arm") == "baseline")
-        .then(None)
-        .otherwise(pl.col("accuracy") - base_acc)
-        .alias("delta_acc"),
-    ).with_columns(
-        (pl.col("delta_bt") - 0.04).alias("delta_lo"), (pl.col("delta_bt") + 0.04).alias("delta_hi")
+    r = rate_rows("subset", ["baseline", "mlp_late", "random_mlp"], [0.64, 0.34, 0.62], [0.20, 0.18, 0.19])
+    deltas = ci("delta_bt", [None, -0.30, -0.02], 0.04, 0.04) | ci(
+        "delta_acc", [None, -0.02, -0.01], 0.04, 0.04
     )
+    return r.with_columns(pl.Series("n_components", [0, 4, 4]), *[pl.Series(k, v) for k, v in deltas.items()])
 
 
 def scale_rows() -> pl.DataFrame:
-    scales = [0.0, 0.25, 0.5, 0.75, 0.9]
-    r = rate_rows("s", [str(s) for s in scales], [480] * 5, [160, 190, 230, 280, 300], [80, 85, 88, 92, 94])
-    return r.with_columns(pl.Series("scale", scales)).drop("s")
+    r = rate_rows("s", ["a", "b", "c", "d"], [0.30, 0.10, 0.20, 0.5], [0.20, 0.10, 0.15, 0.9])
+    return r.with_columns(pl.Series("scale", [0.75, 0.0, 0.5, 0.25]), pl.Series("n", [400, 400, 400, 0]))
 
 
 def continuation_rows() -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "scale": [1.0, 0.9, 0.5, 0.0],
-            "n": [150] * 4,
-            "p_onset_mean": [0.42, 0.38, 0.21, 0.06],
-            "p_onset_lo": [0.37, 0.33, 0.17, 0.04],
-            "p_onset_hi": [0.47, 0.43, 0.25, 0.08],
-            "logit_mean": [21.0, 20.2, 17.5, -1.5],
-            "logit_lo": [20.1, 19.3, 16.6, -2.4],
-            "logit_hi": [21.9, 21.1, 18.4, -0.6],
-            "synonym_share": [0.0, 0.02, 0.11, 0.32],
-        }
-    )
-
-
-def with_nans(df: pl.DataFrame) -> pl.DataFrame:
-    """Every other value of every float column set to NaN, and one null."""
-    cols = []
-    for c in df.columns:
-        s = df[c]
-        if s.dtype == pl.Float64:
-            vals = [NAN if i % 2 else v for i, v in enumerate(s.to_list())]
-            if len(vals) > 2:
-                vals[2] = None
-            s = pl.Series(c, vals, dtype=pl.Float64)
-        cols.append(s)
-    return pl.DataFrame(cols)
-
-
-Draw = Callable[[pl.DataFrame, Path], Path]
-CASES: dict[str, tuple[Callable[[], pl.DataFrame], Draw]] = {
-    "bt_rate_by_variant": (variant_rows, plots.bt_rate_by_variant),
-    "accuracy_by_bt": (accuracy_rows, lambda d, p: plots.accuracy_by_bt(d, p, lift=2.06, lift_ci=(1.4, 3.1))),
-    "logit_lens": (lens_rows, plots.logit_lens),
-    "ablation_importance": (
-        scan_rows,
-        lambda d, p: plots.ablation_importance(d, p, selected={"attn": [3, 5], "mlp": [27, 26]}),
-    ),
-    "ablation_importance_logprob": (scan_rows, lambda d, p: plots.ablation_importance(d, p, "delta_logprob")),
-    "by_condition": (condition_rows, plots.by_condition),
-    "formatting_effect": (variant_rows, plots.formatting_effect),
-    "phase2_baseline_summary": (
-        variant_rows,
-        lambda d, p: plots.phase2_baseline_summary(summary_dict(), d, p),
-    ),
-    "subset_sweep": (subset_rows, plots.subset_sweep),
-    "scale_tradeoff": (scale_rows, plots.scale_tradeoff),
-    "continuation_effect": (continuation_rows, plots.continuation_effect),
-}
+    p, lg = ci("p_onset_mean", [0.06, 0.42, 0.21]), ci("logit_mean", [-1.5, 21.0, 17.5], 0.9, 0.9)
+    share = {"synonym_share": [0.32, 0.0, 0.11], "onset_top1_share": [0.1, 0.9, 0.5]}
+    return pl.DataFrame({"scale": [0.0, 1.0, 0.5], "n": [150] * 3, **p, **lg, **share})
 
 
 @pytest.fixture
-def low_dpi(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Edge-case tests only need a PNG that renders: a lower dpi keeps the suite fast."""
-    monkeypatch.setattr(plots, "DPI", 50)
+def keep() -> Iterator[Callable[[Figure], Figure]]:
+    """Register a figure to be closed after the test."""
+    made: list[Figure] = []
+    yield lambda fig: made.append(fig) or fig
+    for fig in made:
+        plt.close(fig)
 
 
-def check_png(path: Path) -> tuple[int, int]:
-    """A PNG whose pixel size fits a 10x6 .. 14x16 inch figure at the module's dpi."""
-    assert path.is_file() and path.stat().st_size > 2_000
-    with Image.open(path) as im:
-        assert im.format == "PNG"
-        w, h = im.size
-    assert 4 * plots.DPI <= w <= 20 * plots.DPI and 2.7 * plots.DPI <= h <= 17 * plots.DPI, (w, h)
-    return w, h
+def bars(ax: Axes) -> list:
+    return [b for c in ax.containers if isinstance(c, BarContainer) for b in c]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_figure_with_data(name: str, tmp_path: Path) -> None:
-    make, draw = CASES[name]
-    out = draw(make(), tmp_path / "sub" / f"{name}.png")
-    assert out == tmp_path / "sub" / f"{name}.png"
-    w, h = check_png(out)
-    assert plots.DPI == 150 and w >= 1_200 and h >= 700  # full resolution for real data
+def heights(ax: Axes) -> list[float]:
+    return [b.get_height() for b in bars(ax)]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_figure_empty_input(name: str, tmp_path: Path, low_dpi: None) -> None:
-    make, draw = CASES[name]
-    check_png(draw(make().clear(), tmp_path / f"{name}.png"))
+def err_ends(ax: Axes) -> list[tuple[float, float]]:
+    """(low, high) y ends of the error bars of the bar container (from the errorbar line collection)."""
+    (c,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    return [(seg[0][1], seg[1][1]) for seg in c.errorbar.lines[2][0].get_segments()]
+
+
+def ticks(ax: Axes) -> list[str]:
+    return [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
+
+
+def texts(ax: Axes) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def pct(xs) -> list[float]:
+    return [pytest.approx(100 * x) for x in xs]
+
+
+def test_bt_rate_by_variant(keep) -> None:
+    df = variants()
+    (ax,) = keep(plots.bt_rate_by_variant(df, scope="baseline only")).axes
+    assert heights(ax) == pct(df["bt_rate"])
+    assert err_ends(ax) == [
+        (pytest.approx(100 * lo), pytest.approx(100 * hi))
+        for lo, hi in zip(df["bt_rate_lo"], df["bt_rate_hi"], strict=True)
+    ]
+    assert ticks(ax) == VARIANTS and "(n=400)" in ax.get_xticklabels()[0].get_text()
+    assert texts(ax) == ["70.0%", "65.0%", "80.0%"]
+    assert ax.figure.get_suptitle() == "Backtracking rate by prompt variant — baseline only"
+    assert ax.get_title().startswith("n=1,200 completions, 860 with backtracking")
+    assert ax.get_ylabel() == "completions with backtracking (%)" and ax.get_ylim() == (0, PCT_TOP)
+    (ax,) = keep(plots.bt_rate_by_variant(df.reverse())).axes  # swapping rows swaps the bars
+    assert heights(ax) == pct(df["bt_rate"].reverse()) and ticks(ax) == VARIANTS[::-1]
+
+
+@pytest.mark.parametrize(("rate", "zoomed"), [(0.031, True), (0.45, True), (0.708, False)])
+def test_percent_axes_zoom_only_when_everything_stays_below_60(keep, rate: float, zoomed: bool) -> None:
+    """A 3% rate is not drawn on a 0-118% axis; the top covers the interval (+3) and its label (+1.5)."""
+    (ax,) = keep(plots.bt_rate_by_variant(rate_rows("variant", ["v"], [rate], [0.1]))).axes
+    top = 100 * rate + 3 + 1.5
+    expected = max(10.0, 1.35 * top + 2) if zoomed else PCT_TOP
+    assert ax.get_ylim() == (0, pytest.approx(expected))
+
+
+def test_accuracy_by_bt(keep) -> None:
+    df = accuracy_rows()
+    (ax,) = keep(plots.accuracy_by_bt(df, lift=2.08, lift_ci=(1.4, 3.1))).axes
+    assert heights(ax) == pct([0.26, 0.12])
+    assert [b.get_facecolor() for b in bars(ax)] == [plt.matplotlib.colors.to_rgba(c) for c in (BT, CONTROL)]
+    assert ax.get_xticklabels()[0].get_text() == "with backtracking\n(n=400, 104 correct)"
+    assert "lift 2.08x [1.40, 3.10] (95% CI)" in ax.get_title()
+    assert err_ends(ax)[1] == (pytest.approx(10.0), pytest.approx(15.0))
+    (ax,) = keep(plots.accuracy_by_bt(df, lift=None)).axes
+    assert "lift n/a" in ax.get_title()
+
+
+def test_accuracy_by_bt_without_events_draws_a_note(keep) -> None:
+    df = accuracy_rows().with_columns(
+        n=pl.Series([0, 400]), accuracy=pl.Series([None, 0.12]), correct=pl.Series([0, 48])
+    )
+    (ax,) = keep(plots.accuracy_by_bt(df)).axes
+    assert heights(ax) == [0.0, pytest.approx(12.0)]
+    assert texts(ax)[:2] == ["n/a", "12.0%"] and "no backtracking events (n=0 of 400 completions)" in texts(
+        ax
+    )
+
+
+def test_logit_lens(keep) -> None:
+    (ax,) = keep(plots.logit_lens(lens_rows())).axes
+    bt, ctl = ax.lines
+    assert list(bt.get_xdata()) == [0, 1, 2] and list(bt.get_ydata()) == [1.0, 4.0, 9.0]
+    assert list(ctl.get_ydata()) == [0.5, 1.0, 2.0]
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == 0.0 and band.max() == 10.0  # 95% band of the BT line: mean -1 .. mean +1
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "backtracking onset (n=50)",
+        "position-matched control (n=48)",
+    ]
+    half = lens_rows().with_columns(pl.lit(None, dtype=pl.Float64).alias("mean_target_logit_control"))
+    (ax,) = keep(plots.logit_lens(half)).axes
+    assert len(ax.lines) == 1 and "no controls (n=0)" in texts(ax)
+
+
+@pytest.mark.parametrize("statistic", ["delta_logit", "delta_logprob"])
+def test_ablation_importance(keep, statistic: str) -> None:
+    fig = keep(plots.ablation_importance(scan_rows(), statistic, selected={"attn": [1], "mlp": [1, 2]}))
+    attn, mlp = fig.axes[:2]
+    f = 1.0 if statistic == "delta_logit" else 0.5
+    assert attn.get_title().startswith("attn") and mlp.get_title().startswith("mlp")
+    assert heights(attn) == pytest.approx([-1.0 * f, 0.75 * f, 0.1 * f])  # layer order
+    assert heights(mlp) == pytest.approx([0.5 * f, -2.0 * f, -0.25 * f])
+    assert [b.get_hatch() for b in bars(attn)] == [None, "///", None]
+    assert [b.get_hatch() for b in bars(mlp)] == [None, "///", "///"]
+    neg = plt.matplotlib.colors.to_rgba(NEGATIVE)
+    assert [b.get_facecolor() == neg for b in bars(mlp)] == [False, True, True]
+    assert err_ends(attn)[0] == pytest.approx((-1.0 * f - 0.3, -1.0 * f + 0.2))
+    assert "selected layers [1, 2]" in mlp.get_title()
+    with pytest.raises(ValueError, match="statistic"):
+        plots.ablation_importance(scan_rows(), "delta_wait")
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("build", "key", "colors"),
     [
-        "accuracy_by_bt",
-        "logit_lens",
-        "ablation_importance",
-        "subset_sweep",
-        "scale_tradeoff",
-        "continuation_effect",
+        (plots.by_condition, "condition", [BASELINE, TARGETED, RANDOM]),
+        (plots.formatting_effect, "variant", None),
     ],
 )
-def test_figure_no_columns(name: str, tmp_path: Path, low_dpi: None) -> None:
-    """Tables built from an empty list of dicts have no columns at all."""
-    check_png(CASES[name][1](pl.DataFrame(), tmp_path / f"{name}.png"))
+def test_two_rate_panels(keep, build, key: str, colors) -> None:
+    names = ["baseline", "targeted_ablation", "random_ablation"] if key == "condition" else VARIANTS
+    df = rate_rows(key, names, [0.70, 0.03, 0.55], [0.21, 0.01, 0.02])
+    bt, acc = keep(build(df)).axes
+    assert heights(bt) == pct(df["bt_rate"]) and heights(acc) == pct(df["accuracy"])
+    assert ticks(bt) == names and bt.get_ylabel() == "backtracking rate (%)"
+    assert acc.get_ylim()[1] < 60  # accuracy stays low: zoomed; the BT panel keeps 0-100
+    assert bt.get_ylim() == (0, PCT_TOP)
+    if colors:
+        assert [b.get_facecolor() for b in bars(bt)] == [plt.matplotlib.colors.to_rgba(c) for c in colors]
+    zero = rate_rows(key, names, [0.0, 0.0, 0.0], [0.2, 0.1, 0.1])
+    bt, _ = keep(build(zero)).axes
+    assert heights(bt) == [0, 0, 0] and "no backtracking events (n=0 of 1,200 completions)" in texts(bt)
+
+
+def test_phase2_baseline_summary(keep) -> None:
+    a, b, c, d = keep(plots.phase2_baseline_summary(summary(), variants())).axes
+    assert heights(a) == pct([0.63, 0.20, 0.25, 0.12])
+    assert ticks(a) == ["BT rate", "accuracy", "accuracy | BT", "accuracy | no BT"]
+    assert "(n=252)" in a.get_xticklabels()[2].get_text()  # with BT: n * bt_rate completions
+    (point,) = [ln for ln in b.lines if ln.get_marker() == "o"]
+    assert list(point.get_ydata()) == [2.08]
+    assert [t.get_text() for t in b.texts] == ["lift 2.08x [1.40, 3.10] (95% CI)"]
+    assert heights(c) == pct(variants()["bt_rate"]) and heights(d) == pct(variants()["accuracy"])
+    _, b, c, _ = keep(plots.phase2_baseline_summary({**summary(), "lift": None}, [])).axes
+    assert "lift undefined" in texts(b)[0] and texts(c) == ["no per-variant rows (n=0)"]
+
+
+def test_subset_sweep(keep) -> None:
+    df = subset_rows()
+    top, bottom = keep(plots.subset_sweep(df)).axes
+    assert heights(top) == pct(df["bt_rate"]) and heights(bottom) == pct(df["accuracy"])
+    assert [b.get_facecolor() for b in bars(top)][0] == plt.matplotlib.colors.to_rgba(BASELINE)
+    assert texts(top)[1] == "34.0%\nΔ-30.0 [-34.0, -26.0]" and texts(top)[0] == "64.0%"
+    (base,) = [ln for ln in top.lines if ln.get_linestyle() == "--"]
+    assert list(base.get_ydata()) == pytest.approx([64.0, 64.0])
+    labels = [t.get_text() for t in bottom.get_xticklabels()]
+    assert labels[0] == "baseline\n(n=400, no ablation)" and labels[1] == "mlp_late\n(n=400, 4 comp.)"
+    (top,) = keep(plots.subset_sweep(df[[1, 0, 2]])).axes[:1]  # baseline found by name, not position
+    assert heights(top)[:2] == pct([0.34, 0.64]) and texts(top)[1] == "64.0%"
+
+
+def test_scale_tradeoff(keep) -> None:
+    left, right = keep(plots.scale_tradeoff(scale_rows(), subset="mlp_late")).axes[:2]
+    bt_line, acc_line = left.lines
+    assert list(bt_line.get_xdata()) == [0.0, 0.5, 0.75]  # sorted; the n=0 row is left out
+    assert list(bt_line.get_ydata()) == pct([0.10, 0.20, 0.30])
+    points = right.collections[-1].get_offsets()
+    assert points.tolist() == [[pytest.approx(10.0), pytest.approx(10.0)], [20.0, 15.0], [30.0, 20.0]]
+    assert [t.get_text() for t in right.texts] == ["×0", "×0.5", "×0.75"]
+    assert right.get_xlim() == (0, pytest.approx(1.2 * 33 + 2))  # both percent axes zoomed: x to the
+    assert right.get_ylim()[1] < 60  # highest interval end (30% + 3), y by the rule of the bar figures
+
+
+def test_continuation_effect(keep) -> None:
+    left, right = keep(plots.continuation_effect(continuation_rows())).axes
+    assert heights(left) == pct([0.42, 0.21, 0.06])  # scale descending, 1.0 (clean) first
+    assert heights(right) == pytest.approx([21.0, 17.5, -1.5])
+    assert ticks(left) == ["×1 (clean)", "×0.5", "×0"]
+    assert err_ends(left)[0] == (pytest.approx(40.0), pytest.approx(45.0))
+    assert "syn. 32.0%" in right.get_xticklabels()[2].get_text()
+    assert [b.get_facecolor() for b in bars(right)][:2] == [
+        plt.matplotlib.colors.to_rgba(c) for c in (BASELINE, TARGETED)
+    ]
+    no_logit = continuation_rows().with_columns(pl.lit(None, dtype=pl.Float64).alias("logit_mean"))
+    _, right = keep(plots.continuation_effect(no_logit)).axes
+    assert "no logit values (all NaN)" in texts(right)
+
+
+def test_partly_missing_values_still_draw(keep) -> None:
+    df = variants().with_columns(bt_rate=pl.Series([0.7, None, NAN]))
+    (ax,) = keep(plots.bt_rate_by_variant(df)).axes
+    assert heights(ax) == [pytest.approx(70.0), 0, 0] and texts(ax)[1:] == ["n/a", "n/a"]
+
+
+CASES: dict[str, tuple[Callable[[], pl.DataFrame], Callable[[pl.DataFrame], Figure], list[str]]] = {
+    "bt_rate_by_variant": (variants, plots.bt_rate_by_variant, ["bt_rate"]),
+    "accuracy_by_bt": (accuracy_rows, plots.accuracy_by_bt, ["accuracy"]),
+    "logit_lens": (lens_rows, plots.logit_lens, ["mean_target_logit_bt", "mean_target_logit_control"]),
+    "ablation_importance": (scan_rows, plots.ablation_importance, ["delta_logit_mean"]),
+    "by_condition": (
+        lambda: variants().rename({"variant": "condition"}),
+        plots.by_condition,
+        ["bt_rate", "accuracy"],
+    ),
+    "formatting_effect": (variants, plots.formatting_effect, ["bt_rate", "accuracy"]),
+    "subset_sweep": (subset_rows, plots.subset_sweep, ["bt_rate", "accuracy"]),
+    "scale_tradeoff": (scale_rows, plots.scale_tradeoff, ["bt_rate", "accuracy"]),
+    "continuation_effect": (continuation_rows, plots.continuation_effect, ["p_onset_mean", "logit_mean"]),
+}
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_figure_nan_input(name: str, tmp_path: Path, low_dpi: None) -> None:
-    make, draw = CASES[name]
-    check_png(draw(with_nans(make()), tmp_path / f"{name}.png"))
+def test_unusable_input_raises(name: str) -> None:
+    make, build, plotted = CASES[name]
+    with pytest.raises(FigureDataError, match=f"{name}: no rows"):
+        build(make().clear())
+    with pytest.raises(FigureDataError, match=f"{name}: no rows"):
+        build([])
+    with pytest.raises(FigureDataError, match=f"missing column.* {plotted[0]}_hi"):
+        build(make().drop(f"{plotted[0]}_hi"))
+    with pytest.raises(FigureDataError, match=f"column {plotted[0]} .*cannot be read as numbers"):
+        build(make().with_columns(pl.lit("abc").alias(plotted[0])))
+    with pytest.raises(FigureDataError, match=f"{name}: every value of {', '.join(plotted)} is missing"):
+        build(make().with_columns(*[pl.lit(NAN).alias(c) for c in plotted]))
 
 
-def test_zero_events_and_zero_n(tmp_path: Path, low_dpi: None) -> None:
-    zero = rate_rows("variant", VARIANTS, [96, 96, 96], [0, 0, 0], [10, 9, 8])
-    check_png(plots.bt_rate_by_variant(zero, tmp_path / "a.png"))
-    check_png(plots.formatting_effect(zero, tmp_path / "b.png"))
-    empty_group = rate_rows("condition", CONDITIONS, [96, 0, 96], [50, 0, 40], [10, 0, 8])
-    check_png(plots.by_condition(empty_group, tmp_path / "c.png", variant="baseline_think_newline"))
-    no_bt = rate_rows("group", ["with backtracking", "without backtracking"], [0, 288], [0, 0], [0, 40])
-    check_png(plots.accuracy_by_bt(no_bt, tmp_path / "d.png", lift=None, lift_ci=(NAN, NAN)))
-    lens = lens_rows(n=0).with_columns(pl.lit(NAN).alias("mean_target_logit_bt"))
-    check_png(plots.logit_lens(lens, tmp_path / "e.png"))
-    scan = scan_rows(n=0).with_columns(pl.lit(NAN).alias("delta_logit_mean"))
-    check_png(plots.ablation_importance(scan, tmp_path / "f.png", selected={"attn": [], "mlp": []}))
-    check_png(plots.phase2_baseline_summary({}, pl.DataFrame(), tmp_path / "g.png"))
-    check_png(
+def test_old_column_names_are_not_read() -> None:
+    with pytest.raises(FigureDataError, match="missing column.* bt_rate_lo, bt_rate_hi"):
+        plots.bt_rate_by_variant(variants().rename({"bt_rate_lo": "bt_lo", "bt_rate_hi": "bt_hi"}))
+    with pytest.raises(FigureDataError, match="missing column.* subset"):
+        plots.subset_sweep(subset_rows().rename({"subset": "arm"}))
+
+
+def test_summary_raises_for_missing_key_bad_value_or_nothing_to_draw() -> None:
+    with pytest.raises(FigureDataError, match="missing key acc_with_bt_lo"):
         plots.phase2_baseline_summary(
-            {**summary_dict(), "bt_rate": 0.0, "lift": None}, zero, tmp_path / "h.png"
+            {k: v for k, v in summary().items() if k != "acc_with_bt_lo"}, variants()
         )
-    )
-    # The continuation summary of an empty table only has these two columns.
-    empty = pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
-    check_png(plots.continuation_effect(empty, tmp_path / "i.png"))
+    with pytest.raises(FigureDataError, match="lift='x' cannot be read"):
+        plots.phase2_baseline_summary({**summary(), "lift": "x"}, variants())
+    empty = {k: None for k in summary()}
+    with pytest.raises(FigureDataError, match="every value of summary bt_rate"):
+        plots.phase2_baseline_summary(empty, [])
 
 
-def test_sweep_column_aliases(tmp_path: Path, low_dpi: None) -> None:
-    """The sweep tables name these columns subset / num_components / delta_bt_lo (also accepted)."""
-    rows = subset_rows().rename(
-        {
-            "arm": "subset",
-            "n_components": "num_components",
-            "delta_lo": "delta_bt_lo",
-            "delta_hi": "delta_bt_hi",
-        }
-    )
-    check_png(plots.subset_sweep(rows, tmp_path / "s.png"))
-    acc = accuracy_rows().rename({"lo": "acc_lo", "hi": "acc_hi"})
-    check_png(plots.accuracy_by_bt(acc, tmp_path / "a.png"))
+def test_save_writes_the_figure(keep, tmp_path) -> None:
+    fig = keep(plots.bt_rate_by_variant(variants()))
+    w, h = (fig.get_size_inches() * plots.DPI).round()
+    out = plots.save(fig, tmp_path / "sub" / "v.png")
+    assert plots.DPI == 150  # full resolution for the UI and the report
+    assert out == tmp_path / "sub" / "v.png" and not fig.axes  # written, then cleared
+    with Image.open(out) as im:
+        assert im.format == "PNG" and 0.8 * w <= im.width <= 1.1 * w and 0.8 * h <= im.height <= 1.1 * h
+        px = np.asarray(im.convert("L"))
+    assert px.min() < 50 and (px < 250).mean() > 0.02  # dark bars and text, not a blank canvas
+    md = plots.preview_markdown(out, "fig [v]")
+    assert md.startswith("![fig (v)](data:image/png;base64,")
+    if out.stat().st_size <= plots.common.PREVIEW_MAX_BYTES:
+        assert base64.b64decode(md.split(",", 1)[1][:-1]) == out.read_bytes()
 
 
-def test_role_colors() -> None:
-    assert plots.role_color("baseline") == plots.BASELINE
-    assert plots.role_color("targeted_ablation") == plots.TARGETED
-    assert plots.role_color("random_ablation_seed7") == plots.RANDOM
-
-
-def decode_preview(md: str) -> bytes:
-    prefix = "data:image/png;base64,"
-    assert md.startswith("![") and prefix in md and md.endswith(")")
-    return base64.b64decode(md.split(prefix, 1)[1][:-1])
-
-
-def test_preview_markdown_small(tmp_path: Path) -> None:
-    path = plots.bt_rate_by_variant(variant_rows(), tmp_path / "v.png")
-    md = plots.preview_markdown(path, "fig [v]")
-    assert md.startswith("![fig (v)](")
-    raw = decode_preview(md)
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    if path.stat().st_size <= plots.PREVIEW_MAX_BYTES:
-        assert raw == path.read_bytes()
-
-
-def test_preview_markdown_downscales(tmp_path: Path) -> None:
+def test_preview_markdown_downscales_and_reports_missing(tmp_path) -> None:
     noise = (np.random.default_rng(0).random((900, 1500, 3)) * 255).astype(np.uint8)
     path = tmp_path / "big.png"
     Image.fromarray(noise).save(path)
-    assert path.stat().st_size > plots.PREVIEW_MAX_BYTES
-    raw = decode_preview(plots.preview_markdown(path, "big"))
+    assert path.stat().st_size > plots.common.PREVIEW_MAX_BYTES
+    raw = base64.b64decode(plots.preview_markdown(path, "big").split(",", 1)[1][:-1])
     with Image.open(io.BytesIO(raw)) as im:
-        assert im.format == "PNG" and im.width == plots.PREVIEW_WIDTH and im.height == 360
-
-
-def test_preview_markdown_missing_file(tmp_path: Path) -> None:
+        assert im.format == "PNG" and im.width == plots.common.PREVIEW_WIDTH and im.height == 360
     assert "not found" in plots.preview_markdown(tmp_path / "nope.png", "x")
 
 
-@pytest.mark.parametrize(("rate", "zoomed"), [(3.1, True), (45.0, True), (70.8, False)])
-def test_percent_axes_zoom_only_when_the_data_stay_low(rate, zoomed):
-    """A 3% backtracking rate is not drawn on a 0-118% axis; a 70% rate keeps the full axis."""
-    from bt_assets.lib.plots import PCT_TOP, _bar_labels, _figure, _fit_pct_axes, _pct_axis
-
-    fig, (ax,) = _figure(1, 1)
-    ax.bar([0], [rate], yerr=[[1.0], [2.0]])
-    _bar_labels(ax, np.array([0.0]), np.array([rate]), np.array([rate + 2.0]), [f"{rate}%"])
-    _pct_axis(ax, "rate (%)")
-    _fit_pct_axes(fig)  # what _save does before writing the PNG
-    top = ax.get_ylim()[1]
-    if zoomed:
-        assert rate + 3.5 < top < PCT_TOP and top == pytest.approx(max(10.0, 1.35 * (rate + 3.5) + 2))
-    else:
-        assert top == PCT_TOP
+def test_role_colors() -> None:
+    assert plots.role_color("baseline") == BASELINE
+    assert plots.role_color("targeted_ablation") == TARGETED
+    assert plots.role_color("random_ablation_seed7") == RANDOM

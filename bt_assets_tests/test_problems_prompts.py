@@ -15,15 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bt_assets.lib.problems import (
-    PEOPLE,
-    PROBLEM_SCHEMA,
-    gold_from_rationale,
-    load_hf,
-    load_jsonl,
-    synthetic_problems,
-    synthetic_rows,
-)
+from bt_assets.lib.problems import PROBLEM_SCHEMA, gold_from_rationale, load_hf, load_jsonl
 from bt_assets.lib.prompts import (
     PromptStyle,
     Variant,
@@ -32,6 +24,7 @@ from bt_assets.lib.prompts import (
     render_prompt,
     render_user_prompt,
 )
+from bt_assets.lib.synthetic import PEOPLE, synthetic_problems, synthetic_rows
 
 TEMPLATE = (
     "Solve the problem carefully.\nUse <think> tags for your reasoning.\n"

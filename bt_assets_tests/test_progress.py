@@ -1,4 +1,4 @@
-"""Progress of long generations: throttled lines (rows done, tok/s, ETA) from ``run_cells`` to a log
+"""Progress of long generations: throttled lines (rows done, tok/s, ETA) from ``GenerationStore.run`` to a log
 callback such as Dagster's ``context.log.info``."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import re
 import polars as pl
 
 from bt_assets.lib.engine import SamplingConfig
-from bt_assets.lib.generation import Cell, ProgressLog, run_cells
+from bt_assets.lib.generation import Cell, GenerationStore
+from bt_assets.lib.progress import ProgressLog
 from bt_assets_tests.conftest import EOS_ID, tiny_model
 
 
@@ -48,7 +49,7 @@ def test_no_callback_no_lines():
     assert log.lines == 0 and log.rows_now == 4
 
 
-def test_run_cells_reports_progress(tmp_path, demo_tokenizer):
+def test_store_run_reports_progress(tmp_path, demo_tokenizer):
     prompts = pl.DataFrame(
         {
             "example_id": [0, 1, 2],
@@ -62,21 +63,23 @@ def test_run_cells_reports_progress(tmp_path, demo_tokenizer):
         Cell("v=base,c=abl", "base", "abl", prompts, {("mlp", 1): 0.0}),
     ]
     lines: list[str] = []
-    kwargs = dict(
-        store_root=tmp_path,
+    store = GenerationStore(
+        root=tmp_path,
+        identity={"model": "tiny"},
         sampling=SamplingConfig(temperature=1.0, top_p=0.95, top_k=64, max_new_tokens=4, seed=3),
         samples=2,
         chunk_problems=2,
+        add_bos=False,
+    )
+    kwargs = dict(
         batch_size=3,
         eos_ids=[EOS_ID],
-        add_bos=False,
-        identity={"model": "tiny"},
         provenance={},
         log=lambda _m: None,
         progress=lines.append,
         progress_every_s=0.0,  # every batch
     )
-    reports = run_cells(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
+    reports = store.run(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
     total = 2 * 3 * 2  # cells x problems x samples
     assert sum(r.new_rows for r in reports.values()) == total
     done = [int(re.search(r"progress: (\d+)/(\d+) rows", line).group(1)) for line in lines]
@@ -86,12 +89,12 @@ def test_run_cells_reports_progress(tmp_path, demo_tokenizer):
     assert all(f"/{total} rows" in line and "tok/s" in line and "ETA" in line for line in lines)
     assert all(r.tokens_per_s > 0 and r.seconds > 0 for r in reports.values())
     lines.clear()  # a rerun reuses every chunk: nothing to generate, no progress lines
-    again = run_cells(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
+    again = store.run(tiny_model("llama"), demo_tokenizer, cells, **kwargs)
     assert not lines and all(r.new_rows == 0 for r in again.values())
 
 
 def test_generation_asset_logs_progress_and_throughput(tmp_path, tiny_dirs):
-    """The phase-1 generation asset passes its run log to ``run_cells``: progress lines land in the
+    """The phase-1 generation asset passes its run log to ``GenerationStore.run``: progress lines land in the
     Dagster run's event log, and each cell's materialization carries its throughput."""
     import dagster as dg
 

@@ -86,9 +86,9 @@ def lens(n: int, bt_lo: float) -> pl.DataFrame:
         {
             "layer": [0, 1, 2],
             "mean_target_logit_bt": [1.0, 5.0, 9.0],
-            "ci_low_bt": [0.0, bt_lo, bt_lo],
+            "mean_target_logit_bt_lo": [0.0, bt_lo, bt_lo],
             "mean_target_logit_control": [1.0, 2.0, 3.0],
-            "ci_high_control": [2.0, 3.0, 4.0],
+            "mean_target_logit_control_hi": [2.0, 3.0, 4.0],
             "n_bt": [n] * 3,
             "n_control": [n] * 3,
         }
@@ -109,8 +109,8 @@ def scan(n: int) -> pl.DataFrame:
             "layer": [0, 1, 0, 1],
             "component": ["attn", "attn", "mlp", "mlp"],
             "delta_logit_mean": [-3.0, 1.0, -1.0, float("nan")],
-            "delta_logit_ci_low": [-4.0, 0.5, -2.0, float("nan")],
-            "delta_logit_ci_high": [-2.0, 1.5, 0.5, float("nan")],
+            "delta_logit_mean_lo": [-4.0, 0.5, -2.0, float("nan")],
+            "delta_logit_mean_hi": [-2.0, 1.5, 0.5, float("nan")],
             "delta_logprob_mean": [-1.0, 0.2, -0.5, float("nan")],
             "n_events": [n] * 4,
         }
@@ -130,7 +130,7 @@ def cell(subset: str, scale: float, bt: int, pairs: int, problems: int) -> dict:
         "cell": f"subset={subset},scale={scale}",
         "subset": subset,
         "scale": scale,
-        "num_components": 2,
+        "n_components": 2,
         "n": 96,
         "bt_count": bt,
         "bt_rate": bt / 96,
@@ -156,6 +156,23 @@ def test_sweep_finding_needs_pairs_with_events():
     assert "too few to test: 3 BT events from 2 problems" in few  # on the best trade-off too
     enough = R.sweep_finding(sweep(12, 6), EV)
     assert "(paired interval excludes 0)" in enough and "too few" not in enough
+    assert "late (2 components): BT 1.0%, paired change -5.0 points [-8.0, -2.0]" in enough
+
+
+def test_readers_do_not_fall_back_to_old_spellings():
+    """A table under an old column name is an error that names the missing column."""
+    old_lens = lens(30, 4.5).rename({"mean_target_logit_bt_lo": "ci_low_bt"})
+    with pytest.raises(pl.exceptions.ColumnNotFoundError, match="mean_target_logit_bt_lo"):
+        R.lens_finding(old_lens, 12, EV)
+    old_scan = scan(25).rename({"delta_logit_mean_lo": "delta_logit_ci_low"})
+    with pytest.raises(KeyError, match="delta_logit_mean_lo"):
+        R.scan_finding(old_scan, {"attn": [0]}, 9, EV)
+    results = sweep(12, 6)
+    results["subset"][1] = {
+        ("num_components" if k == "n_components" else k): v for k, v in results["subset"][1].items()
+    }
+    with pytest.raises(KeyError, match="n_components"):
+        R.sweep_finding(results, EV)
 
 
 def test_scale_finding_reads_no_dose_response_from_few_events():
@@ -181,10 +198,17 @@ def test_continuation_interval_undefined_for_one_event():
     )
     two = continuation_summary(df).filter(pl.col("scale") == 1.0).row(0, named=True)
     half = 12.706 * 0.5  # t(1) x sd of the two logits (0.7071) / sqrt(2)
-    assert (two["logit_lo"], two["logit_hi"]) == (pytest.approx(3.5 - half), pytest.approx(3.5 + half))
-    assert (two["p_onset_lo"], two["p_onset_hi"]) == (0.0, 1.0)  # 0.6 -/+ 1.27, clipped to [0, 1]
+    assert (two["logit_mean_lo"], two["logit_mean_hi"]) == (
+        pytest.approx(3.5 - half),
+        pytest.approx(3.5 + half),
+    )
+    assert (two["p_onset_mean_lo"], two["p_onset_mean_hi"]) == (0.0, 1.0)  # 0.6 -/+ 1.27, clipped to [0, 1]
     one = continuation_summary(df.filter(pl.col("event") == "a")).row(0, named=True)
-    assert one["p_onset_lo"] is None and one["p_onset_hi"] is None
+    assert one["p_onset_mean_lo"] is None and one["p_onset_mean_hi"] is None
     assert "P(onset) 50.0% (n=1 events)" in R.continuation_finding(
         continuation_summary(df.filter(pl.col("event") == "a"))
+    )
+    text = R.continuation_finding(continuation_summary(df))
+    assert text.startswith(
+        "Clean P(onset) 60.0% [0.0, 100.0]% (n=2 events); scale 0: P(onset) 20.0% [0.0, 100.0]%"
     )

@@ -110,7 +110,7 @@ def test_sweep_kill_resume_equals_uninterrupted(tmp_path, tiny_dirs):
     home.mkdir()
 
     # upstream on the same instance and storage (the biased model only changes what Phase 1 samples)
-    up = build_definitions(profile, model=Backtracker(model_id=profile.model.id, device="cpu"))
+    up = build_definitions(profile, model=Backtracker(profile=profile.source))
     with dg.instance_for_test(temp_dir=str(home)) as instance:
         for wave in plan_waves(up, {dg.AssetKey(k) for k in UPSTREAM}):
             assert run_wave(up, wave, instance), wave

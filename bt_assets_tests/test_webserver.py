@@ -91,7 +91,7 @@ def test_asset_graph_served(server):
         "phase2_report",
     ):
         assert key in keys
-    assert {n["groupName"] for n in nodes} >= {"data", "phase1", "phase2"}
+    assert {n["groupName"] for n in nodes} == {"data", "generation", "events", "analysis", "phase2", "reports"}
 
 
 @pytest.mark.slow

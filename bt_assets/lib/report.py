@@ -1,4 +1,11 @@
-"""Markdown reports whose every number, and every sentence of finding, is computed from the assets."""
+"""Markdown reports whose every number, and every sentence of finding, is computed from the assets.
+
+The findings read the tables under the naming scheme of ``bt_assets/lib/README.md`` (an interval of
+``<name>`` is ``<name>_lo`` / ``<name>_hi``; no fallback between spellings: a missing column or key raises
+an error naming it). A direction (an interval that excludes 1 or 0, layers that separate) is only claimed
+when there are enough BT events from enough problems (``stats.Evidence``); otherwise the numbers are
+described and the shortfall is named.
+"""
 
 from __future__ import annotations
 
@@ -13,16 +20,20 @@ from bt_assets.lib.stats import Evidence
 
 
 def pct(x: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage ("n/a" for None or nan)."""
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}%"
 
 
 def interval(lo: float | None, hi: float | None, scale: float = 100.0, unit: str = "%") -> str:
+    """An interval as ``" [lo, hi]%"`` (fractions times ``scale``) or ``" [lo, hi]"`` for another unit;
+    empty when either end is undefined."""
     if lo is None or hi is None or any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
         return ""
     return f" [{scale * lo:.1f}, {scale * hi:.1f}]{unit}" if unit == "%" else f" [{lo:.2f}, {hi:.2f}]"
 
 
 def num(x: float | None, digits: int = 2) -> str:
+    """A number with ``digits`` decimals ("n/a" for None or nan)."""
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
@@ -40,10 +51,12 @@ def md_table(df: pl.DataFrame, formats: Mapping[str, str] | None = None) -> str:
 
 
 def provenance_block(prov: Mapping[str, str]) -> str:
+    """One markdown bullet per provenance entry (model, revision, config hash, ...)."""
     return "\n".join(f"- **{k}**: `{v}`" for k, v in prov.items())
 
 
 def figures_block(figures: Sequence[tuple[str, Path]], report_dir: Path) -> str:
+    """Each figure embedded by its path relative to the report, or a line saying it was not produced."""
     out = []
     for title, path in figures:
         if Path(path).exists():
@@ -55,8 +68,10 @@ def figures_block(figures: Sequence[tuple[str, Path]], report_dir: Path) -> str:
 
 
 def lift_finding(s: Mapping[str, float | None], original_lift: float | None, evidence: Evidence) -> str:
-    """Accuracy with vs without backtracking; a direction is claimed only when the problem-bootstrap
-    interval of the lift excludes 1 and there are enough BT events (``evidence``)."""
+    """Accuracy with vs without backtracking from ``rates.bt_accuracy_summary``'s summary (``n``,
+    ``n_bt``, ``n_bt_problems``, ``acc_with_bt``, ``acc_without_bt``, ``lift``, ``lift_lo/_hi``); a
+    direction is claimed only when the problem-bootstrap interval of the lift excludes 1 and there are
+    enough BT events (``evidence``)."""
     if not s["n"]:
         return "No baseline completions: nothing to say about accuracy and backtracking."
     lift, lo, hi = s["lift"], s["lift_lo"], s["lift_hi"]
@@ -96,8 +111,9 @@ def lift_finding(s: Mapping[str, float | None], original_lift: float | None, evi
 
 
 def lens_finding(lens: pl.DataFrame, n_problems: int, evidence: Evidence) -> str:
-    """Where BT events and position-matched controls separate by their 95% t-intervals (events from
-    ``n_problems`` problems); with too few events only the last-layer gap is described."""
+    """Where BT events and position-matched controls separate by their 95% t-intervals: layers where
+    ``mean_target_logit_bt_lo`` > ``mean_target_logit_control_hi`` (events from ``n_problems``
+    problems); with too few events only the last-layer gap of the means is described."""
     if lens.height == 0 or lens["n_bt"].max() in (None, 0):
         return "No BT events were available for the logit lens."
     last = lens.sort("layer").tail(1).row(0, named=True)
@@ -109,7 +125,7 @@ def lens_finding(lens: pl.DataFrame, n_problems: int, evidence: Evidence) -> str
             f"in the onset token's logit is {gap:.2f}; {evidence.shortfall(n_bt, n_problems)}, so no "
             "layer is said to separate them."
         )
-    sep = lens.filter(pl.col("ci_low_bt") > pl.col("ci_high_control"))
+    sep = lens.filter(pl.col("mean_target_logit_bt_lo") > pl.col("mean_target_logit_control_hi"))
     if sep.height:
         first = int(sep["layer"].min())
         return (
@@ -127,8 +143,9 @@ def lens_finding(lens: pl.DataFrame, n_problems: int, evidence: Evidence) -> str
 def scan_finding(
     scan: pl.DataFrame, selected: Mapping[str, Sequence[int]], n_problems: int, evidence: Evidence
 ) -> str:
-    """The components whose zeroing at the prediction position lowers the onset token most, with
-    whether each 95% t-interval excludes 0 (only read with enough events)."""
+    """The components whose zeroing at the prediction position lowers the onset token most
+    (``delta_logit_mean``, over ``n_events`` events), with whether each 95% t-interval
+    ``delta_logit_mean_lo/_hi`` excludes 0 (only read with enough events)."""
     scan = scan.filter(pl.col("delta_logit_mean").is_not_nan())
     if scan.height == 0:
         return "No BT events were available for the ablation scan."
@@ -138,7 +155,7 @@ def scan_finding(
     for r in scan.sort("delta_logit_mean").head(3).iter_rows(named=True):
         sig = ""
         if readable:
-            lo, hi = r["delta_logit_ci_low"], r["delta_logit_ci_high"]
+            lo, hi = r["delta_logit_mean_lo"], r["delta_logit_mean_hi"]
             sig = "; interval excludes 0" if evidence.excludes(lo, hi, 0.0, n, n_problems) else "; includes 0"
         parts.append(
             f"{r['component']} {r['layer']} ({r['delta_logit_mean']:+.2f} logits, "
@@ -157,6 +174,8 @@ def scan_finding(
 
 
 def condition_finding(rates: pl.DataFrame) -> str:
+    """Each condition's BT rate and accuracy (``rates.group_rates`` by condition: correct / all rows)
+    against the baseline condition's, in percentage points."""
     rows = {r["condition"]: r for r in rates.iter_rows(named=True)}
     base = rows.get("baseline")
     if not base or not base["n"]:
@@ -181,8 +200,9 @@ def condition_finding(rates: pl.DataFrame) -> str:
 
 
 def sweep_finding(results: Mapping, evidence: Evidence) -> str:
-    """Per subset: BT rate and the paired change vs the baseline cell with its problem-bootstrap
-    interval; 'excludes 0' only when enough pairs involve a BT event; the best trade-off row."""
+    """Per subset (``sweep_stats.sweep_tables`` rows): BT rate and the paired change ``delta_bt`` vs the
+    baseline cell with its problem-bootstrap interval ``delta_bt_lo/_hi``; 'excludes 0' only when enough
+    pairs involve a BT event (``bt_pairs`` from ``bt_pair_problems`` problems); the best trade-off row."""
     base = results["baseline"]
     if not base["n"]:
         return "The baseline sweep cell is empty."
@@ -190,7 +210,7 @@ def sweep_finding(results: Mapping, evidence: Evidence) -> str:
     for r in results["subset"]:
         if r["subset"] == "baseline":
             continue
-        k, probs = r.get("bt_pairs", 0), r.get("bt_pair_problems", 0)
+        k, probs = r["bt_pairs"], r["bt_pair_problems"]
         if not evidence.enough(k, probs):
             sig = f" ({k} pairs with a BT event: too few to test)"
         elif evidence.excludes(r["delta_bt_lo"], r["delta_bt_hi"], 0.0, k, probs):
@@ -198,7 +218,7 @@ def sweep_finding(results: Mapping, evidence: Evidence) -> str:
         else:
             sig = ""
         lines.append(
-            f"{r['subset']} ({r['num_components']} components): BT {pct(r['bt_rate'])}, "
+            f"{r['subset']} ({r['n_components']} components): BT {pct(r['bt_rate'])}, "
             f"paired change {100 * r['delta_bt']:+.1f} points [{100 * r['delta_bt_lo']:.1f}, "
             f"{100 * r['delta_bt_hi']:.1f}]{sig}, accuracy {pct(r['accuracy'])}"
         )
@@ -206,7 +226,7 @@ def sweep_finding(results: Mapping, evidence: Evidence) -> str:
         f"Baseline BT {pct(base['bt_rate'])} ({base['bt_count']}/{base['n']}), accuracy "
         f"{pct(base['accuracy'])}. " + "; ".join(lines)
     )
-    best = results.get("best_tradeoff")
+    best = results["best_tradeoff"]
     if best:
         text += (
             f". Best trade-off: {best['cell']} cuts BT by {pct(best['relative_bt_reduction'])} (relative; "
@@ -214,7 +234,7 @@ def sweep_finding(results: Mapping, evidence: Evidence) -> str:
             f"{100 * best['delta_bt_hi']:.1f}]) while keeping accuracy {pct(best['accuracy'])} >= the floor "
             f"{pct(best['accuracy_floor'])}"
         )
-        k, probs = best.get("bt_pairs", 0), best.get("bt_pair_problems", 0)
+        k, probs = best["bt_pairs"], best["bt_pair_problems"]
         text += "." if evidence.enough(k, probs) else f"; {evidence.shortfall(k, probs)}."
     else:
         text += ". No ablated cell keeps accuracy above the configured floor while reducing BT."
@@ -245,13 +265,15 @@ def scale_finding(results: Mapping, evidence: Evidence) -> str:
 
 
 def continuation_finding(summary: pl.DataFrame) -> str:
+    """P(onset) with its t-interval (``p_onset_mean_lo/_hi``) on the clean run (scale 1.0) and per
+    ablation scale, with the share of events whose top-1 token became a synonym."""
     if summary.height == 0 or "p_onset_mean" not in summary.columns:
         return "No BT events for the continuation ablation."
     rows = {r["scale"]: r for r in summary.iter_rows(named=True)}
     clean = rows.get(1.0)
 
     def p_onset(r: Mapping) -> str:
-        return f"P(onset) {pct(r['p_onset_mean'])}{interval(r.get('p_onset_lo'), r.get('p_onset_hi'))}"
+        return f"P(onset) {pct(r['p_onset_mean'])}{interval(r['p_onset_mean_lo'], r['p_onset_mean_hi'])}"
 
     parts = [
         f"scale {s:g}: {p_onset(r)}, synonym top-1 {pct(r['synonym_share'])}"

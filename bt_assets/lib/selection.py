@@ -97,3 +97,16 @@ def random_layers(selected: dict[str, list[int]], n_layers: int, seeds: Sequence
             i += need
         out[str(seed)] = draw
     return out
+
+
+def sample_note(counts: dict, seed: int, variant: str) -> str:
+    """One line on what the event sample holds (or why the analysis stages will be empty)."""
+    if not counts["bt_available"]:
+        return (
+            f"no BT events in the baseline of variant {variant} ({counts['n_completions']} completions): "
+            "analysis stages will be empty"
+        )
+    return (
+        f"{counts['n_bt']} of {counts['bt_available']} BT events sampled (seed {seed}), "
+        f"{counts['n_control']} controls"
+    )

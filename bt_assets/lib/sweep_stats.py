@@ -9,13 +9,18 @@ unanswered completion counts as not correct); that one denominator is used every
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
-from bt_assets.lib.stats import cluster_bootstrap, t_quantile_975, wilson
+from bt_assets.lib.rates import rate_row
+from bt_assets.lib.stats import cluster_bootstrap, t_quantile_975
 from bt_assets.lib.sweeps import SweepCell
+
+if TYPE_CHECKING:
+    from bt_assets.lib.generation import Cell
 
 
 def paired_change(problem: np.ndarray, diff: np.ndarray, seed: int) -> tuple[float, float, float]:
@@ -27,20 +32,20 @@ def paired_change(problem: np.ndarray, diff: np.ndarray, seed: int) -> tuple[flo
 
 
 def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: int) -> dict:
+    """One sweep cell: the ``rates.RATE_SCHEMA`` columns over its completions (BT rate and accuracy =
+    correct / all completions, Wilson 95% ``bt_rate_lo/_hi``, ``accuracy_lo/_hi``), ``mean_tokens``,
+    ``truncated_share`` (completions that stopped at the token cap / all), and the paired change vs
+    the baseline cell ``base`` (same problem and sample): ``delta_bt`` / ``delta_acc`` = mean per-pair
+    difference (cell minus baseline) with ``_lo/_hi`` from a 95% bootstrap over problems; ``n_pairs``,
+    and ``bt_pairs`` / ``bt_pair_problems``: pairs where either side backtracks, and their problems."""
     n = rows.height
     k_bt = int(rows[bt].sum()) if n else 0
     k_ok = int(rows[ok].fill_null(False).sum()) if n else 0
-    out = {
-        "n": n,
-        "bt_count": k_bt,
-        "bt_rate": k_bt / n if n else float("nan"),
-        "correct": k_ok,
-        "accuracy": k_ok / n if n else float("nan"),
+    out: dict = {
+        **rate_row(n, k_bt, k_ok),
         "mean_tokens": float(rows["completion_tokens"].mean()) if n else float("nan"),
         "truncated_share": float((rows["finish_reason"] == "length").mean()) if n else 0.0,
     }
-    out["bt_lo"], out["bt_hi"] = wilson(k_bt, n)
-    out["acc_lo"], out["acc_hi"] = wilson(k_ok, n)
     pairs = rows.join(base, on=["example_id", "sample_id"], suffix="_base")
     prob = pairs["example_id"].to_numpy()
     for name, col in (("bt", bt), ("acc", ok)):
@@ -64,7 +69,11 @@ def sweep_tables(
     seed: int,
 ) -> dict:
     """Subset table, scale table, per-cell stats and the best trade-off (largest relative BT reduction
-    among cells keeping accuracy >= ``min_accuracy_fraction`` x baseline accuracy)."""
+    among cells keeping accuracy >= ``min_accuracy_fraction`` x baseline accuracy).
+
+    Every row is ``cell``, ``subset``, ``scale``, ``n_components`` (components the cell scales, from
+    ``n_components``; 0 when absent), ``sweeps`` and the ``cell_stats`` columns; BT and correctness are
+    read from the columns of ``detection_mode`` / ``grading_mode``."""
     bt, ok = bt_column(detection_mode), correct_column(grading_mode)
     base_key = next(c.key for c in cells if c.subset == "baseline")
     base = events.filter(pl.col("condition") == base_key).select("example_id", "sample_id", bt, ok)
@@ -76,7 +85,7 @@ def sweep_tables(
                 "cell": c.key,
                 "subset": c.subset,
                 "scale": c.scale,
-                "num_components": n_components.get(c.key, 0),
+                "n_components": n_components.get(c.key, 0),
                 "sweeps": ",".join(c.sweeps),
                 **st,
             }
@@ -101,6 +110,9 @@ def sweep_tables(
 
 
 def best_tradeoff(rows: Sequence[dict], base: dict, min_fraction: float) -> dict | None:
+    """The ablated cell (scale != 1) with the largest relative BT reduction (base - cell) / base among
+    cells whose accuracy is >= ``min_fraction`` x the baseline's (ties: higher accuracy); None when no
+    cell qualifies or the baseline has no BT. Adds ``relative_bt_reduction`` and ``accuracy_floor``."""
     floor = min_fraction * base["accuracy"] if base["n"] else float("nan")
     ok = [
         r
@@ -138,8 +150,9 @@ def scale_one_identical(events: pl.DataFrame, cells: Sequence[SweepCell]) -> dic
     return {"passed": mismatches == 0, "cells_checked": checked, "mismatched_rows": mismatches}
 
 
-def hook_problems(counts: pl.DataFrame, cells) -> list[str]:
-    """Ablated components must never be applied in prefill and must fire in decode."""
+def hook_problems(counts: pl.DataFrame, cells: Sequence[Cell]) -> list[str]:
+    """Ablated components (scale != 1 in a generation cell's ``scales``) must never be applied in
+    prefill and must fire in decode; ``counts``: hook calls per cell, component, layer and phase."""
     out = []
     for cell in cells:
         for (comp, layer), scale in cell.scales.items():
@@ -158,8 +171,10 @@ def hook_problems(counts: pl.DataFrame, cells) -> list[str]:
 
 
 def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
-    """Per scale (1.0 = clean): mean P(onset) and logit with 95% t-intervals over events (none for a
-    single event), synonym replacement share."""
+    """Per scale (1.0 = clean), over the BT events ``n``: ``p_onset_mean`` (mean probability of the onset
+    token) and ``logit_mean`` with 95% t-intervals over events ``p_onset_mean_lo/_hi`` (clipped to
+    [0, 1]) and ``logit_mean_lo/_hi`` (null for a single event); ``synonym_share`` / ``onset_top1_share``:
+    events whose top-1 token is a synonym of the onset / the onset itself, over ``n``."""
     if df.height == 0:
         return pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
     g = (
@@ -179,8 +194,8 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
     half = pl.Series([t_quantile_975(n - 1) / n**0.5 if n > 1 else None for n in g["n"]], dtype=pl.Float64)
     g = g.with_columns(half.alias("_half"))
     return g.with_columns(
-        (pl.col("p_onset_mean") - pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_lo"),
-        (pl.col("p_onset_mean") + pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_hi"),
-        (pl.col("logit_mean") - pl.col("_half") * pl.col("l_sd")).alias("logit_lo"),
-        (pl.col("logit_mean") + pl.col("_half") * pl.col("l_sd")).alias("logit_hi"),
+        (pl.col("p_onset_mean") - pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_mean_lo"),
+        (pl.col("p_onset_mean") + pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_mean_hi"),
+        (pl.col("logit_mean") - pl.col("_half") * pl.col("l_sd")).alias("logit_mean_lo"),
+        (pl.col("logit_mean") + pl.col("_half") * pl.col("l_sd")).alias("logit_mean_hi"),
     ).drop("p_sd", "l_sd", "_half")

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from bt_assets.lib.hooks import COMPONENTS
+
 
 @dataclass(frozen=True)
 class SweepCell:
@@ -42,7 +44,7 @@ def subset_components(subset, selected: Mapping[str, Sequence[int]] | None) -> l
     if subset.from_selected is not None:
         if selected is None:
             raise ValueError(f"subset {subset.name!r} derives from selected_layers, which are not available")
-        kinds = ("attn", "mlp") if subset.from_selected == "all" else (subset.from_selected,)
+        kinds = COMPONENTS if subset.from_selected == "all" else (subset.from_selected,)
         for kind in kinds:
             layers = list(selected.get(kind, []))
             comps += [(kind, int(layer)) for layer in (layers[: subset.top] if subset.top else layers)]

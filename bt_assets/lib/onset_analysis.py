@@ -1,0 +1,190 @@
+"""Teacher-forced tables at the backtracking onset: the event sample, logit lens, ablation scan and
+continuation ablation, each as a plain Polars frame (``teacher`` does the forward passes).
+
+Every probe is a completed sequence (prompt + completion) with a prediction position ``pred_pos``
+whose logits predict the onset token ``target``. BT probes are sampled BT events; controls are
+position-matched non-BT completions scored on their event's own onset token (B7, B8). Means over
+events carry 95% Student-t intervals (``<name>_lo/_hi``; none for a single event).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+import torch
+
+from bt_assets.lib import selection, teacher
+from bt_assets.lib.hooks import COMPONENTS, decoder_layers
+from bt_assets.lib.stats import mean_interval
+from bt_assets.lib.teacher import Event, encode_full
+
+PROBE_COLUMNS = ["example_id", "sample_id", "variant", "completion", "pred_pos", "target", "onset_token_text"]
+
+
+def event_sample(view: pl.DataFrame, max_events: int, seed: int) -> tuple[pl.DataFrame, dict]:
+    """The probes of the teacher-forced stages: a seeded random sample of BT events across all problems
+    (B19) and one position-matched non-BT control per event, as rows of ``PROBE_COLUMNS`` + ``kind``
+    (``bt`` | ``control``). ``view``: baseline completions (``analysis_view`` + ``completion`` and
+    ``completion_tokens``). Also returns counts for the run log and metadata."""
+    bt = view.filter(pl.col("has_backtracking_strict") & (pl.col("pred_pos_in_full") >= 0))
+    events = selection.sample_events(bt, max_events, seed)
+    controls = selection.match_controls(events, view.filter(~pl.col("has_backtracking_strict")), seed)
+    ctl_rows = controls.join(
+        view.select("example_id", "sample_id", "variant", "completion"),
+        left_on=["control_variant", "control_example_id", "control_sample_id"],
+        right_on=["variant", "example_id", "sample_id"],
+        how="left",
+    )
+    bt_probes = events.select(
+        "example_id",
+        "sample_id",
+        "variant",
+        "completion",
+        pl.col("pred_pos_in_full").alias("pred_pos"),
+        pl.col("onset_token_id").alias("target"),
+        "onset_token_text",
+        pl.lit("bt").alias("kind"),
+    )
+    control_probes = ctl_rows.select(
+        pl.col("control_example_id").alias("example_id"),
+        pl.col("control_sample_id").alias("sample_id"),
+        pl.col("control_variant").alias("variant"),
+        "completion",
+        "pred_pos",
+        "target",
+        pl.lit(None, pl.String).alias("onset_token_text"),
+        pl.lit("control").alias("kind"),
+    )
+    counts = {
+        "n_bt": events.height,
+        "n_control": ctl_rows.height,
+        "bt_available": bt.height,
+        "n_completions": view.height,
+        "problems_covered": events["example_id"].n_unique() if events.height else 0,
+    }
+    return pl.concat([bt_probes, control_probes], how="vertical_relaxed"), counts
+
+
+def probes(rows: pl.DataFrame, prompts: pl.DataFrame, tokenizer, add_bos: bool) -> list[Event]:
+    """Teacher-forced probes of event-sample rows (``kind`` already chosen): prompt + completion
+    re-tokenised, probed at ``pred_pos`` for ``target``; rows whose position falls outside are dropped."""
+    text = {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
+    out = []
+    for r in rows.iter_rows(named=True):
+        ids = encode_full(tokenizer, text[(r["variant"], r["example_id"])], r["completion"], add_bos)
+        if 0 <= r["pred_pos"] < len(ids):
+            key = f"{r['variant']}/{r['example_id']}/{r['sample_id']}"
+            out.append(Event(key, ids, int(r["pred_pos"]), int(r["target"])))
+    return out
+
+
+def kind_probes(
+    sample: pl.DataFrame, kind: str, prompts: pl.DataFrame, tokenizer, add_bos: bool
+) -> list[Event]:
+    """``probes`` of the ``bt`` or ``control`` rows of an event sample."""
+    return probes(sample.filter(pl.col("kind") == kind), prompts, tokenizer, add_bos)
+
+
+def logit_lens_table(model: torch.nn.Module, bt: Sequence[Event], control: Sequence[Event]) -> pl.DataFrame:
+    """Per layer: the onset token's logit and log-prob read from the residual stream after that layer
+    (final norm + unembedding), BT events vs position-matched controls: mean, std (the original's
+    columns first) and the 95% t-interval of the mean logit (``mean_target_logit_<kind>_lo/_hi``)."""
+    n_layers = len(decoder_layers(model))
+    res = {
+        kind: teacher.logit_lens(model, ev) if ev else torch.empty(0, n_layers, 2)
+        for kind, ev in (("bt", bt), ("control", control))
+    }
+    rows = []
+    for layer in range(n_layers):
+        row: dict[str, object] = {"layer": layer}
+        for kind, r in res.items():
+            lg = mean_interval(r[:, layer, 0].tolist())
+            lp = mean_interval(r[:, layer, 1].tolist())
+            row |= {
+                f"mean_target_logit_{kind}": lg[0],
+                f"std_{kind}": lg[1],
+                f"mean_target_logit_{kind}_lo": lg[2],
+                f"mean_target_logit_{kind}_hi": lg[3],
+                f"mean_target_logprob_{kind}": lp[0],
+                f"std_logprob_{kind}": lp[1],
+                f"n_{kind}": r.shape[0],
+            }
+        rows.append(row)
+    df = pl.DataFrame(rows).with_columns(pl.lit("position_matched_own_token").alias("control_matching"))
+    first = [
+        "layer",
+        "mean_target_logit_bt",
+        "mean_target_logit_control",
+        "std_bt",
+        "std_control",
+        "n_bt",
+        "n_control",
+        "control_matching",
+    ]
+    return df.select(first + [c for c in df.columns if c not in first])
+
+
+def ablation_scan_table(
+    model: torch.nn.Module,
+    events: Sequence[Event],
+    components: Sequence[str],
+    layers: Sequence[int],
+    scale: float,
+) -> pl.DataFrame:
+    """For every (layer, component): the change in the onset token's logit and log-prob when that
+    component's output is multiplied by ``scale`` at the prediction position only (teacher-forced, one
+    shared prefix per event), mean over events with std and 95% t-interval. Sorted by the mean logit
+    change, most negative first (``delta_wait_logit_mean/_std`` are the original's columns)."""
+    n_layers = len(decoder_layers(model))
+    table, variants = teacher.single_component_table(n_layers, components, layers, scale)
+    deltas = torch.empty(len(events), len(variants), 2)
+    for i, ev in enumerate(events):
+        logit, logp, _ = teacher.target_stats(teacher.score_at_onset(model, ev, table), ev.target)
+        deltas[i, :, 0] = (logit[1:] - logit[0]).cpu()
+        deltas[i, :, 1] = (logp[1:] - logp[0]).cpu()
+    rows = []
+    for v, (comp, layer) in enumerate(variants):
+        lg, lp = mean_interval(deltas[:, v, 0].tolist()), mean_interval(deltas[:, v, 1].tolist())
+        rows.append(
+            {
+                "layer": layer,
+                "component": comp,
+                "delta_wait_logit_mean": lg[0],
+                "delta_wait_logit_std": lg[1],
+                "n_events": len(events),
+                "delta_logit_mean": lg[0],
+                "delta_logit_mean_lo": lg[2],
+                "delta_logit_mean_hi": lg[3],
+                "delta_logprob_mean": lp[0],
+                "delta_logprob_std": lp[1],
+                "delta_logprob_mean_lo": lp[2],
+                "delta_logprob_mean_hi": lp[3],
+                "scale": scale,
+            }
+        )
+    return pl.DataFrame(rows).sort("delta_wait_logit_mean", "layer", "component", nulls_last=True)
+
+
+def continuation_table(
+    model: torch.nn.Module,
+    tokenizer,
+    events: Sequence[Event],
+    components: Sequence[tuple[str, int]],
+    scales: Sequence[float],
+    top_tokens: int,
+    synonyms: Sequence[str],
+    subset: str,
+) -> pl.DataFrame:
+    """One row per (event, scale): P(onset token), its logit and log-prob at the onset prediction
+    position, clean (scale 1.0) and with ``components`` scaled at that position only, plus the top
+    tokens and whether a synonym trigger replaces the onset (the original measured nothing: B13)."""
+    n_layers = len(decoder_layers(model))
+    table = torch.ones(1 + len(scales), n_layers, len(COMPONENTS))
+    for r, s in enumerate(scales, start=1):
+        for comp, layer in components:
+            table[r, layer, COMPONENTS.index(comp)] = s
+    rows = teacher.continuation_rows(
+        model, tokenizer, events, table, [1.0, *scales], top_tokens, synonyms, subset
+    )
+    return pl.DataFrame(rows, schema=teacher.CONTINUATION_SCHEMA) if rows else teacher.empty_continuation()

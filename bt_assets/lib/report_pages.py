@@ -1,0 +1,160 @@
+"""The two report pages (Phase 1, Phase 2) assembled from computed tables: provenance, findings written
+from the numbers (``report``), tables with their intervals, figures. Markdown in, markdown out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from bt_assets.lib import report as R
+from bt_assets.lib.rates import group_rates
+from bt_assets.lib.stats import Evidence
+from bt_assets.lib.sweep_stats import continuation_summary
+
+PHASE1_FIGURES = [
+    ("BT rate by variant (baseline)", "bt_rate_by_variant"),
+    ("Accuracy with vs without BT (baseline)", "accuracy_by_bt"),
+    ("Logit lens: BT vs control", "logit_lens"),
+    ("Ablation importance by layer", "ablation_importance"),
+    ("BT rate and accuracy by condition", "bt_rate_by_condition"),
+    ("Formatting effect (baseline)", "formatting_effect"),
+]
+PHASE2_FIGURES = [
+    ("Deconfounded baseline summary", "phase2_baseline_summary"),
+    ("Subset sweep", "phase2_subset_sweep"),
+    ("Scale trade-off", "phase2_scale_tradeoff"),
+    ("Continuation ablation", "phase2_continuation_effect"),
+]
+RATE_FORMATS = {"bt_rate": "pct", "accuracy": "pct"}
+SWEEP_COLUMNS = [
+    "subset",
+    "scale",
+    "n_components",
+    "n",
+    "bt_rate",
+    "accuracy",
+    "delta_bt",
+    "delta_acc",
+    "mean_tokens",
+    "truncated_share",
+]
+
+
+@dataclass(frozen=True)
+class Page:
+    """What every page states about itself: title, provenance lines, where its figures are."""
+
+    title: str
+    provenance: Mapping[str, str]
+    figures_dir: Path
+    reports_dir: Path
+    evidence: Evidence
+
+    def header(self) -> str:
+        return f"# {self.title}\n\n## Provenance\n\n{R.provenance_block(self.provenance)}\n"
+
+    def figures(self, names: Sequence[tuple[str, str]]) -> str:
+        return R.figures_block([(t, self.figures_dir / f"{n}.png") for t, n in names], self.reports_dir)
+
+
+def rate_table(rates: pl.DataFrame, key: str) -> str:
+    """Counts, rates and 95% intervals (percent) per group."""
+
+    def ci(name: str) -> pl.Expr:
+        lo, hi = (pl.col(f"{name}_{end}") * 100 for end in ("lo", "hi"))
+        return pl.format("[{}, {}]", lo.round(1), hi.round(1)).alias(f"{name}_95ci")
+
+    df = rates.with_columns(ci("bt_rate"), ci("accuracy"))
+    cols = [key, "n", "bt_count", "bt_rate", "bt_rate_95ci", "correct", "accuracy", "accuracy_95ci"]
+    return R.md_table(df.select(cols), RATE_FORMATS)
+
+
+def phase1_page(
+    page: Page,
+    view: pl.DataFrame,
+    metrics_corrected: Mapping,
+    seed_compatible_tables: Mapping,
+    logit_lens: pl.DataFrame,
+    ablation_scan: pl.DataFrame,
+    layers: Mapping[str, Mapping],
+    event_sample: pl.DataFrame,
+    settings: Mapping[str, object],
+) -> str:
+    """The Phase-1 report. ``view``: every Phase-1 event in the profile's modes; ``layers``: the
+    ``selected`` and ``random`` layer sets; ``settings``: variants, conditions, ablation_variant,
+    detection, grading, statistic, topk, event_seed, original_format (where the original's files are)."""
+    base = view.filter(pl.col("condition") == "baseline")
+    s = metrics_corrected["figure_rows"]["summary"]
+    orig = seed_compatible_tables["metrics_v2.json"]["backtracking_vs_accuracy"]["accuracy_lift_ratio"]
+    abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
+    cond = group_rates(abl_view, "condition", settings["conditions"])
+    bt_sample = event_sample.filter(pl.col("kind") == "bt")
+    n_bt, bt_problems = bt_sample.height, bt_sample["example_id"].n_unique()
+    ev = page.evidence
+    lines = [
+        page.header(),
+        "## Findings\n",
+        f"- Baseline BT rate {R.pct(s['bt_rate'])}{R.interval(s['bt_rate_lo'], s['bt_rate_hi'])} over "
+        f"{s['n']} completions ({settings['detection']} detection); accuracy {R.pct(s['accuracy'])}"
+        f"{R.interval(s['accuracy_lo'], s['accuracy_hi'])} ({settings['grading']} grading, denominator: "
+        "all completions).",
+        f"- {R.lift_finding(s, orig, ev)}",
+        f"- {R.lens_finding(logit_lens, bt_problems, ev)}",
+        f"- {R.scan_finding(ablation_scan, layers['selected'], bt_problems, ev)}",
+        f"- {R.condition_finding(cond)}",
+        "\n## Baseline by variant\n\n"
+        + rate_table(group_rates(base, "variant", settings["variants"]), "variant"),
+        f"\n## Conditions ({settings['ablation_variant']})\n\n{rate_table(cond, 'condition')}",
+        f"\n## Layers\n\nSelected ({settings['statistic']}, top {settings['topk']}):\n"
+        f"```json\n{json.dumps(layers['selected'])}\n```\nRandom controls per seed:\n"
+        f"```json\n{json.dumps(layers['random'])}\n```\n"
+        f"Teacher-forced stages analysed {n_bt} BT events from {bt_problems} problems, sampled "
+        f"at random across problems (seed {settings['event_seed']}).",
+        f"\n## Figures\n\n{page.figures(PHASE1_FIGURES)}",
+        "\n## Seed-compatible tables\n\nThe original's files, recomputed with its definitions "
+        f"(mixed conditions and denominators), are under `{settings['original_format']}`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(rows: Sequence[Mapping]) -> str:
+    """A sweep table (subset or scale cells) with the paired changes, or 'no cells'."""
+    if not rows:
+        return "no cells"
+    fmt = {**RATE_FORMATS, **{c: "f2" for c in ("delta_bt", "delta_acc", "mean_tokens", "truncated_share")}}
+    return R.md_table(pl.DataFrame(rows).select(SWEEP_COLUMNS), fmt)
+
+
+def phase2_page(
+    page: Page,
+    metrics_corrected: Mapping,
+    sweep_results: Mapping,
+    continuation_ablation: pl.DataFrame,
+    hook_stats: pl.DataFrame,
+) -> str:
+    """The Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, conclusions."""
+    s = metrics_corrected["figure_rows"]["summary"]
+    cont = continuation_summary(continuation_ablation)
+    ev = page.evidence
+    lines = [
+        page.header(),
+        "## Conclusions (computed)\n",
+        f"- {R.lift_finding(s, None, ev)}",
+        f"- {R.sweep_finding(sweep_results, ev)}",
+        f"- {R.scale_finding(sweep_results, ev)}",
+        f"- {R.continuation_finding(cont)}",
+        f"\n## Subset sweep\n\n{sweep_table(sweep_results['subset'])}",
+        f"\n## Scale sweep\n\n{sweep_table(sweep_results['scale'])}",
+        "\nPaired changes (delta_*) are cell minus baseline over the same (problem, sample) pairs; "
+        f"accuracy denominator: {sweep_results['accuracy_denominator']}.",
+        "\n## Continuation ablation\n\n"
+        + (R.md_table(cont, {"p_onset_mean": "pct"}) if cont.height else "none"),
+        f"\n## Hook calls\n\n{hook_stats.height} (cell, phase, component, layer) rows; "
+        "see the `hook_stats` asset.",
+        f"\n## Figures\n\n{page.figures(PHASE2_FIGURES)}",
+    ]
+    return "\n".join(lines) + "\n"
