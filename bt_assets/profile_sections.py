@@ -186,7 +186,7 @@ class AnalysisCfg(Strict):
     )
     max_events: PosInt = 120
     event_seed: int = 42
-    components: list[Component] = Field(["attn", "mlp"], min_length=1)
+    components: list[Component] = Field(list(COMPONENTS), min_length=1)
     layers: Literal["all"] | Annotated[list[NonNegInt], Field(min_length=1)] = "all"
     topk: PosInt = 6
     statistic: Literal["delta_logit", "delta_logprob"] = "delta_logit"
@@ -214,7 +214,7 @@ class AnalysisCfg(Strict):
 class Subset(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$", description="'baseline' is reserved for the unhooked cell")
     components: list[tuple[Component, NonNegInt]] = []
-    from_selected: Literal["attn", "mlp", "all"] | None = None
+    from_selected: Literal[(*COMPONENTS, "all")] | None = None
     top: PosInt | None = None
 
     @field_validator("name")

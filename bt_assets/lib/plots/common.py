@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -42,11 +43,11 @@ ZOOM_BELOW = 60.0  # percent axes whose data, intervals and labels all stay belo
 PREVIEW_MAX_BYTES = 150_000
 PREVIEW_WIDTH = 600
 NAN = float("nan")
+RATE_PANELS = (("bt_rate", "backtracking rate (%)"), ("accuracy", "accuracy (%)"))  # (column, label)
+BAR_STYLE: dict[str, Any] = {"edgecolor": "black", "linewidth": 0.6, "width": 0.65, "capsize": 4}
+BAR_STYLE["error_kw"] = {"elinewidth": 1.1, "ecolor": "0.15"}  # percent bars; the ablation scan's are thinner
 
 Frame = pl.DataFrame | Sequence[Mapping[str, Any]] | None
-
-
-RATE_PANELS = (("bt_rate", "backtracking rate (%)"), ("accuracy", "accuracy (%)"))  # (column, label)
 
 
 def interval(name: str) -> tuple[str, str, str]:
@@ -213,13 +214,28 @@ def style() -> Iterator[None]:
 
 @contextlib.contextmanager
 def new_figure(
-    nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (10, 6), **kw: Any
+    nrows: int = 1,
+    ncols: int = 1,
+    figsize: tuple[float, float] = (10, 6),
+    *,
+    suptitle: str,
+    titles: Sequence[str] = (),
+    xlabels: Sequence[str] = (),
+    title_size: float = 10,
+    **kw: Any,
 ) -> Iterator[tuple[Figure, list[Axes]]]:
-    """A styled figure on an Agg canvas; on leaving the block its percent axes get the zoom rule."""
+    """A styled figure on an Agg canvas with a bold ``suptitle``, ``titles`` (size ``title_size``) and
+    ``xlabels`` ("": none) on the first axes in order; on leaving it, percent axes get the zoom rule."""
     with style():
         fig = Figure(figsize=figsize, layout="constrained")
         FigureCanvasAgg(fig)
-        yield fig, list(fig.subplots(nrows, ncols, squeeze=False, **kw).ravel())
+        axes = list(fig.subplots(nrows, ncols, squeeze=False, **kw).ravel())
+        fig.suptitle(suptitle, fontweight="bold")
+        for ax, title in zip(axes, titles, strict=False):
+            ax.set_title(title, fontsize=title_size)
+        for ax, xlabel in zip(axes, xlabels, strict=False):
+            ax.set_xlabel(xlabel)
+        yield fig, axes
         fit_pct_axes(fig)
 
 
@@ -258,18 +274,9 @@ def note(ax: Axes, msg: str, y: float = 0.5, blank_x: bool = False) -> None:
     x ticks of a categorical axis that has no categories."""
     if blank_x:
         ax.set_xticks([])
-    ax.text(
-        0.5,
-        y,
-        msg,
-        transform=ax.transAxes,
-        ha="center",
-        va="center",
-        fontsize=11,
-        wrap=True,
-        bbox={"boxstyle": "round,pad=0.5", "fc": "white", "ec": "0.6", "alpha": 0.95},
-        zorder=10,
-    )
+    box = {"boxstyle": "round,pad=0.5", "fc": "white", "ec": "0.6", "alpha": 0.95}
+    kw = {"ha": "center", "va": "center", "fontsize": 11, "wrap": True, "bbox": box, "zorder": 10}
+    ax.text(0.5, y, msg, transform=ax.transAxes, **kw)
 
 
 def note_no_events(ax: Axes, n: float) -> None:
@@ -292,23 +299,18 @@ def bar_labels(
         ax.text(xi, y, s, ha="center", va="bottom", fontsize=fontsize, clip_on=True)
 
 
-def value_bars(
-    ax: Axes, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, colors: Sequence[str], **kw: Any
-) -> np.ndarray:
+def interval_bars(
+    ax: Axes, x: np.ndarray, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, colors: Sequence[str], **kw: Any
+) -> BarContainer:
+    """Bars at ``x`` (NaN drawn as 0) with asymmetric interval error bars ``lo`` / ``hi``; ``kw`` (edgecolor,
+    linewidth, width, capsize, error_kw) overrides the black-edged ``BAR_STYLE``; returns the bars."""
+    return ax.bar(x, np.nan_to_num(v), color=list(colors), yerr=yerr(v, lo, hi), **(BAR_STYLE | kw))
+
+
+def value_bars(ax: Axes, v: np.ndarray, lo: np.ndarray, hi: np.ndarray, colors: Sequence[str]) -> np.ndarray:
     """Bars at 0..len-1 (NaN drawn as 0) with black edges and asymmetric interval error bars; returns x."""
     x = np.arange(len(v))
-    ax.bar(
-        x,
-        np.nan_to_num(v),
-        color=list(colors),
-        edgecolor="black",
-        linewidth=0.6,
-        width=0.65,
-        yerr=yerr(v, lo, hi),
-        capsize=4,
-        error_kw={"elinewidth": 1.1, "ecolor": "0.15"},
-        **kw,
-    )
+    interval_bars(ax, x, v, lo, hi, colors)
     ax.set_xlim(-0.6, len(v) - 0.4)
     return x
 

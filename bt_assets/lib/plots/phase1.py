@@ -10,11 +10,14 @@ all completions of the group (an unanswered completion counts as not correct). W
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from bt_assets.lib.hooks import COMPONENTS
+from bt_assets.lib.plots import common
 from bt_assets.lib.plots.common import (
     BT,
     CONTROL,
@@ -22,24 +25,25 @@ from bt_assets.lib.plots.common import (
     POSITIVE,
     RATE_PANELS,
     Frame,
-    finite,
-    fmt_n,
     interval,
-    lift_text,
-    n_text,
     new_figure,
     note,
     note_no_events,
     read_table,
-    role_color,
     table_rate_bars,
     total,
     variant_colors,
-    yerr,
 )
 
 LENS_KINDS = (("bt", BT, "o", "backtracking onset"), ("control", CONTROL, "s", "position-matched control"))
 STATISTICS = {"delta_logit": "logit", "delta_logprob": "log-prob"}
+SCAN_BARS: dict[str, Any] = {  # style of the ablation-scan bars (thinner than the percent bars)
+    "edgecolor": "0.25",
+    "linewidth": 0.5,
+    "width": 0.75,
+    "capsize": 2,
+    "error_kw": {"elinewidth": 0.9, "ecolor": "0.2"},
+}
 
 
 def bt_rate_by_variant(rows: Frame, *, scope: str = "baseline condition only") -> Figure:
@@ -51,13 +55,11 @@ def bt_rate_by_variant(rows: Frame, *, scope: str = "baseline condition only") -
     t = read_table("bt_rate_by_variant", rows, ["variant", "n", "bt_count", *interval("bt_rate")])
     t.require_values("bt_rate")
     names, n, events = t.text("variant"), t.num("n"), total(t.num("bt_count"))
-    with new_figure() as (fig, (ax,)):
-        fig.suptitle(f"Backtracking rate by prompt variant — {scope}", fontweight="bold")
-        ax.set_title(
-            f"n={total(n):,} completions, {events:,} with backtracking; bars: 95% Wilson intervals",
-            fontsize=10,
-        )
-        ax.set_xlabel("prompt variant (n = completions)")
+    with new_figure(
+        suptitle=f"Backtracking rate by prompt variant — {scope}",
+        titles=[f"n={total(n):,} completions, {events:,} with backtracking; bars: 95% Wilson intervals"],
+        xlabels=["prompt variant (n = completions)"],
+    ) as (fig, (ax,)):
         table_rate_bars(ax, t, names, "bt_rate", variant_colors(names), "completions with backtracking (%)")
         if events == 0:
             note_no_events(ax, total(n))
@@ -82,14 +84,12 @@ def accuracy_by_bt(
     t.require_values("accuracy")
     names, n = t.text("group"), t.num("n")
     without = np.array([s.lower().startswith("without") for s in names])
-    with new_figure() as (fig, (ax,)):
-        fig.suptitle(f"Accuracy with vs without backtracking — {scope}", fontweight="bold")
-        ax.set_title(
-            f"n={total(n):,} completions; {lift_text(lift, lift_ci)}; bars: 95% Wilson intervals",
-            fontsize=10,
-        )
-        ax.set_xlabel("completions grouped by strict backtracking (n = completions)")
-        correct = [f"{fmt_n(c)} correct" if np.isfinite(c) else "" for c in t.num("correct")]
+    with new_figure(
+        suptitle=f"Accuracy with vs without backtracking — {scope}",
+        titles=[f"n={total(n):,} completions; {common.lift_text(lift, lift_ci)}; bars: 95% Wilson intervals"],
+        xlabels=["completions grouped by strict backtracking (n = completions)"],
+    ) as (fig, (ax,)):
+        correct = [f"{common.fmt_n(c)} correct" if np.isfinite(c) else "" for c in t.num("correct")]
         colors = [CONTROL if w else BT for w in without]
         label = "accuracy (% correct of all completions in group)"
         table_rate_bars(ax, t, names, "accuracy", colors, label, tick_extra=correct)
@@ -111,16 +111,14 @@ def logit_lens(df: Frame) -> Figure:
     t.require_values("mean_target_logit_bt", "mean_target_logit_control")
     layer = t.num("layer")
     ns = {k: int(np.nanmax(a)) if np.isfinite(a := t.num(f"n_{k}")).any() else 0 for k, *_ in LENS_KINDS}
-    with new_figure() as (fig, (ax,)):
-        fig.suptitle(
-            "Logit lens: onset-token logit by layer, backtracking events vs controls", fontweight="bold"
-        )
-        ax.set_title(
+    with new_figure(
+        suptitle="Logit lens: onset-token logit by layer, backtracking events vs controls",
+        titles=[
             f"BT events n={ns['bt']:,}, position-matched controls n={ns['control']:,}; "
-            "lines: mean, bands: 95% CI",
-            fontsize=10,
-        )
-        ax.set_xlabel("layer (logit lens: residual stream through the final norm and unembedding)")
+            "lines: mean, bands: 95% CI"
+        ],
+        xlabels=["layer (logit lens: residual stream through the final norm and unembedding)"],
+    ) as (fig, (ax,)):
         ax.set_ylabel("mean logit of the onset token")
         drawn = []
         for kind, color, marker, label in LENS_KINDS:
@@ -167,43 +165,36 @@ def ablation_importance(
     t = read_table("ablation_importance", df, ["layer", "component", mean_c, lo_c, hi_c, "n_events"])
     t.require_values(mean_c)
     comps = t.text("component")
-    order = [c for c in ("attn", "mlp") if c in comps] + sorted(set(comps) - {"attn", "mlp"})
+    order = [c for c in COMPONENTS if c in comps] + sorted(set(comps) - set(COMPONENTS))
     n_events = t.num("n_events")
     n = int(np.nanmax(n_events)) if np.isfinite(n_events).any() else 0
     what = STATISTICS[statistic]
-    sel = {str(k): {int(x) for x in v if finite(x)} for k, v in (selected or {}).items()}
-    with new_figure(len(order), 1, figsize=(12, 3.6 * len(order) + 0.6)) as (fig, axes):
-        fig.suptitle(
-            f"Single-component ablation scan: change in onset-token {what} at the onset position "
-            f"(n={n:,} BT events; mean and 95% CI)",
-            fontweight="bold",
-        )
+    sel = {str(k): {int(x) for x in v if common.finite(x)} for k, v in (selected or {}).items()}
+    titles = [
+        f"{comp}: one bar per ablated layer (n={n:,} events each)"
+        + (f"; selected layers {sorted(sel[comp])}" if sel.get(comp) else "")
+        for comp in order
+    ]
+    with new_figure(
+        len(order),
+        1,
+        figsize=(12, 3.6 * len(order) + 0.6),
+        suptitle=f"Single-component ablation scan: change in onset-token {what} at the onset position "
+        f"(n={n:,} BT events; mean and 95% CI)",
+        titles=titles,
+    ) as (fig, axes):
         for ax, comp in zip(axes, order, strict=True):
-            sub = t.where([c == comp for c in comps]).sorted("layer")
-            layer, mean, lo, hi = (sub.num(c) for c in ("layer", mean_c, lo_c, hi_c))
+            sub = t.where([x == comp for x in comps]).sorted("layer")
+            layer, mean, lo, hi = (sub.num(col) for col in ("layer", mean_c, lo_c, hi_c))
             chosen = sel.get(comp, set())
-            ax.set_title(
-                f"{comp}: one bar per ablated layer (n={n:,} events each)"
-                + (f"; selected layers {sorted(chosen)}" if chosen else ""),
-                fontsize=10,
-            )
             ax.set_ylabel(f"Δ onset {what}\n(ablated − clean)")
             ax.axhline(0, color="black", linewidth=0.9)
             if not (np.isfinite(mean) & np.isfinite(layer)).any():
                 ax.set_xlim(-0.6, max(len(layer), 1) - 0.4)
                 note(ax, f"no values for component '{comp}' (all null/NaN)")
                 continue
-            bars = ax.bar(
-                layer,
-                np.nan_to_num(mean),
-                color=[NEGATIVE if m < 0 else POSITIVE for m in mean],
-                edgecolor="0.25",
-                linewidth=0.5,
-                width=0.75,
-                yerr=yerr(mean, lo, hi),
-                capsize=2,
-                error_kw={"elinewidth": 0.9, "ecolor": "0.2"},
-            )
+            colors = [NEGATIVE if m < 0 else POSITIVE for m in mean]
+            bars = common.interval_bars(ax, layer, mean, lo, hi, colors, **SCAN_BARS)
             for b, lay, m in zip(bars, layer, mean, strict=True):
                 if np.isfinite(lay) and int(lay) in chosen:
                     b.set_hatch("///")
@@ -234,11 +225,18 @@ def _two_rate_panels(
     t = read_table(figure, rows, [key, "n", "bt_count", *interval("bt_rate"), *interval("accuracy")])
     t.require_values("bt_rate", "accuracy")
     names, n = t.text(key), t.num("n")
-    with new_figure(1, 2, figsize=(13, 6)) as (fig, axes):
-        fig.suptitle(f"{title} (n={total(n):,} completions)", fontweight="bold")
+    with new_figure(
+        1,
+        2,
+        figsize=(13, 6),
+        suptitle=f"{title} (n={total(n):,} completions)",
+        titles=[
+            f"{label.split(' (')[0]} per {key}, {common.n_text(n)}; 95% Wilson intervals"
+            for _, label in RATE_PANELS
+        ],
+        xlabels=[xlabel, xlabel],
+    ) as (fig, axes):
         for ax, (metric, label) in zip(axes, RATE_PANELS, strict=True):
-            ax.set_title(f"{label.split(' (')[0]} per {key}, {n_text(n)}; 95% Wilson intervals", fontsize=10)
-            ax.set_xlabel(xlabel)
             table_rate_bars(ax, t, names, metric, colors(names), label)
         if total(t.num("bt_count")) == 0:
             note_no_events(axes[0], total(n))
@@ -257,7 +255,7 @@ def by_condition(rows: Frame, *, variant: str | None = None) -> Figure:
         "condition",
         f"Backtracking rate and accuracy by ablation condition — {scope}",
         "ablation condition (n = completions)",
-        lambda ns: [role_color(s) for s in ns],
+        lambda ns: [common.role_color(s) for s in ns],
     )
 
 

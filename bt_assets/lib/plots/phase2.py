@@ -17,12 +17,12 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bt_assets.lib.plots import common
 from bt_assets.lib.plots.common import (
     ACCURACY,
     BASELINE,
     BT,
     CONTROL,
-    NAN,
     RATE_PANELS,
     TARGETED,
     FigureDataError,
@@ -31,23 +31,17 @@ from bt_assets.lib.plots.common import (
     fmt_n,
     fmt_pct,
     interval,
-    lift_text,
     n_text,
     new_figure,
     note,
     note_no_events,
     pct,
     pct_axis,
-    rate_bars,
     read_table,
     require_values,
-    role_color,
     table_rate_bars,
-    ticks,
     total,
     value,
-    value_bars,
-    variant_colors,
     yerr,
 )
 
@@ -80,41 +74,46 @@ def phase2_baseline_summary(
     per_variant = {f"by_variant {m}": dv.num(m) for m, _ in RATE_PANELS} if dv.height else {}
     overall = {f"summary {k}": np.array([x]) for (k, *_), x in zip(SUMMARY_BARS, v, strict=True)}
     require_values(fig_name, overall | per_variant)
-    n_bt = n * v[0] if finite(n) and finite(v[0]) else NAN
-    with new_figure(2, 2, figsize=(14, 11)) as (fig, axes):
-        fig.suptitle(
-            f"Phase-2 baseline summary — {scope} (n={fmt_n(n) if finite(n) else 0} completions)",
-            fontweight="bold",
-        )
+    n_bt = n * v[0] if finite(n) and finite(v[0]) else common.NAN
+    variants, nv = (dv.text("variant"), dv.num("n")) if dv.height else ([], np.array([]))
+    per_panel = [
+        f"{label.split(' (')[0]} per prompt variant, {n_text(nv)} ({scope})" for _, label in RATE_PANELS
+    ]
+    titles = [
+        "(a) overall rates with 95% Wilson intervals",
+        "(b) accuracy lift = accuracy with BT / without BT (95% CI)",
+        *(f"{tag} {title}" for tag, title in zip(("(c)", "(d)"), per_panel, strict=True)),
+    ]
+    with new_figure(
+        2,
+        2,
+        figsize=(14, 11),
+        suptitle=f"Phase-2 baseline summary — {scope} (n={fmt_n(n) if finite(n) else 0} completions)",
+        titles=titles,
+        xlabels=["", "", "prompt variant (n = completions)", "prompt variant (n = completions)"],
+    ) as (fig, axes):
         ax = axes[0]  # (a) overall rates
-        ax.set_title("(a) overall rates with 95% Wilson intervals", fontsize=10)
         if not np.isfinite(v).any():
             pct_axis(ax, "percent of completions")
             note(ax, "no overall rates (all null/NaN)", blank_x=True)
         else:
             names = [label for _, label, _ in SUMMARY_BARS]
             ns = np.array([n, n, n_bt, n - n_bt])
-            rate_bars(ax, names, ns, v, lo, hi, [c for *_, c in SUMMARY_BARS], "percent (%)")
+            common.rate_bars(ax, names, ns, v, lo, hi, [c for *_, c in SUMMARY_BARS], "percent (%)")
             if n_bt == 0:
                 note_no_events(ax, n)
         _lift_panel(axes[1], lift, lift_lo, lift_hi, n_bt, n - n_bt)
-        names, nv = (dv.text("variant"), dv.num("n")) if dv.height else ([], np.array([]))
-        for ax, (metric, label), tag in zip(axes[2:], RATE_PANELS, ("(c)", "(d)"), strict=True):
-            ax.set_title(
-                f"{tag} {label.split(' (')[0]} per prompt variant, {n_text(nv)} ({scope})", fontsize=10
-            )
-            ax.set_xlabel("prompt variant (n = completions)")
+        for ax, (metric, label) in zip(axes[2:], RATE_PANELS, strict=True):
             if not per_variant or not np.isfinite(per_variant[f"by_variant {metric}"]).any():
                 pct_axis(ax, label)
                 note(ax, "no per-variant rows (n=0)", blank_x=True)
             else:
-                table_rate_bars(ax, dv, names, metric, variant_colors(names), label)
+                table_rate_bars(ax, dv, variants, metric, common.variant_colors(variants), label)
     return fig
 
 
 def _lift_panel(ax: Axes, lift: float, lo: float, hi: float, n_bt: float, n_nb: float) -> None:
     """Panel (b): the lift as a point with its 95% interval, a dashed line at 1.0x, the lift text."""
-    ax.set_title("(b) accuracy lift = accuracy with BT / without BT (95% CI)", fontsize=10)
     ax.set_ylabel("accuracy ratio (with BT / without BT)")
     ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1, label="no difference (1.0x)")
     ax.set_xticks([0], [f"with BT (n={fmt_n(n_bt)}) vs\nwithout BT (n={fmt_n(n_nb)})"])
@@ -126,7 +125,7 @@ def _lift_panel(ax: Axes, lift: float, lo: float, hi: float, n_bt: float, n_nb: 
     err = yerr(np.array([lift]), np.array([lo]), np.array([hi]))
     ax.errorbar([0], [lift], yerr=err, fmt="o", color=BT, markersize=9, capsize=8, elinewidth=2)
     ax.annotate(
-        lift_text(lift, (lo, hi)),
+        common.lift_text(lift, (lo, hi)),
         (0, lift),
         xytext=(14, 0),
         textcoords="offset points",
@@ -162,19 +161,23 @@ def subset_sweep(rows: Frame) -> Figure:
         "no ablation" if i == base_i else (f"{int(c)} comp." if finite(c) else "")
         for i, c in enumerate(t.num("n_components"))
     ]
-    colors = [BASELINE if i == base_i else role_color(s) for i, s in enumerate(names)]
-    with new_figure(2, 1, figsize=(12, 10), sharex=True) as (fig, axes):
-        fig.suptitle(
-            f"Subset sweep: backtracking rate and accuracy per ablated subset "
-            f"({n_text(n).replace('per group', 'completions per arm')}, {total(n):,} in all)",
-            fontweight="bold",
-        )
+    colors = [BASELINE if i == base_i else common.role_color(s) for i, s in enumerate(names)]
+    with new_figure(
+        2,
+        1,
+        figsize=(12, 10),
+        sharex=True,
+        suptitle="Subset sweep: backtracking rate and accuracy per ablated subset "
+        f"({n_text(n).replace('per group', 'completions per arm')}, {total(n):,} in all)",
+        titles=[
+            f"{label.split(' (')[0]} per arm; bars: 95% Wilson CI; Δ = paired change vs "
+            "baseline in percentage points [95% bootstrap CI over problems]"
+            for _, label in RATE_PANELS
+        ],
+        xlabels=["", "ablation arm (components scaled to 0 during decoding; n = completions)"],
+        title_size=9.5,
+    ) as (fig, axes):
         for ax, (metric, label), delta in zip(axes, RATE_PANELS, ("delta_bt", "delta_acc"), strict=True):
-            ax.set_title(
-                f"{label.split(' (')[0]} per arm; bars: 95% Wilson CI; Δ = paired change vs "
-                "baseline in percentage points [95% bootstrap CI over problems]",
-                fontsize=9.5,
-            )
             d = zip(*pct(*(t.num(c) for c in interval(delta))), strict=True)
             extra = ["" if i == base_i else _delta_text(*x) for i, x in enumerate(d)]
             table_rate_bars(ax, t, names, metric, colors, label, extra=extra, tick_extra=comps)
@@ -186,7 +189,6 @@ def subset_sweep(rows: Frame) -> Figure:
                 ax.legend(loc="upper right", fontsize=8, frameon=True)
         if total(t.num("bt_count")) == 0:
             note_no_events(axes[0], total(n))
-        axes[-1].set_xlabel("ablation arm (components scaled to 0 during decoding; n = completions)")
     return fig
 
 
@@ -206,20 +208,19 @@ def scale_tradeoff(rows: Frame, *, subset: str | None = None) -> Figure:
     acc, acc_lo, acc_hi = (a[ok] for a in pct(*(t.num(c) for c in interval("accuracy"))))
     require_values("scale_tradeoff", {"bt_rate": bt, "accuracy": acc})
     x, what = scale[ok], f"components of {subset}" if subset else "selected components"
-    with new_figure(1, 2, figsize=(14, 6)) as (fig, (left, right)):
-        fig.suptitle(
-            f"Scale sweep: backtracking rate and accuracy as the {what} are scaled "
-            f"({n_text(n).replace('per group', 'completions per scale')})",
-            fontweight="bold",
-        )
-        left.set_title("rates vs scale (1.0 = no ablation, 0.0 = zeroed); bands: 95% Wilson CI", fontsize=10)
-        left.set_xlabel("ablation scale")
-        pct_axis(left, "percent of completions")
-        right.set_title(
+    with new_figure(
+        1,
+        2,
+        figsize=(14, 6),
+        suptitle=f"Scale sweep: backtracking rate and accuracy as the {what} are scaled "
+        f"({n_text(n).replace('per group', 'completions per scale')})",
+        titles=[
+            "rates vs scale (1.0 = no ablation, 0.0 = zeroed); bands: 95% Wilson CI",
             "accuracy vs backtracking rate, one point per scale (labels: scale; error bars: 95% CI)",
-            fontsize=10,
-        )
-        right.set_xlabel("backtracking rate (%)")
+        ],
+        xlabels=["ablation scale", "backtracking rate (%)"],
+    ) as (fig, (left, right)):
+        pct_axis(left, "percent of completions")
         right.set_xlim(0, 105)
         pct_axis(right, "accuracy (%)", x=True)
         for v, lo, hi, color, marker, label in (
@@ -286,23 +287,26 @@ def continuation_effect(rows: Frame) -> Figure:
     syn = pct(t.num("synonym_share"))[0]
     names = [("?" if not finite(s) else f"×{s:g}" + (" (clean)" if s == 1.0 else "")) for s in scale]
     colors = [BASELINE if s == 1.0 else TARGETED for s in scale]
-    with new_figure(1, 2, figsize=(13, 6)) as (fig, (left, right)):
-        fig.suptitle(
-            f"Continuation ablation at the onset position: does the onset token survive? "
-            f"({n_text(n).replace('per group', 'events per scale')})",
-            fontweight="bold",
-        )
-        left.set_title("mean P(onset token) per scale; error bars: 95% CI", fontsize=10)
-        right.set_title("mean onset-token logit per scale; error bars: 95% CI", fontsize=10)
-        left.set_xlabel("ablation scale of the ablated components (n = events)")
-        right.set_xlabel(
+    with new_figure(
+        1,
+        2,
+        figsize=(13, 6),
+        suptitle="Continuation ablation at the onset position: does the onset token survive? "
+        f"({n_text(n).replace('per group', 'events per scale')})",
+        titles=[
+            "mean P(onset token) per scale; error bars: 95% CI",
+            "mean onset-token logit per scale; error bars: 95% CI",
+        ],
+        xlabels=[
+            "ablation scale of the ablated components (n = events)",
             "ablation scale (n = events; syn. = share whose top-1 token after ablation\n"
-            "is a synonym trigger such as 'Actually')"
-        )
+            "is a synonym trigger such as 'Actually')",
+        ],
+    ) as (fig, (left, right)):
         right.set_ylabel("mean logit of the onset token")
         table_rate_bars(left, t, names, "p_onset_mean", colors, "P(onset token) (%)")
         mean, lo, hi = (t.num(c) for c in interval("logit_mean"))
-        x = value_bars(right, mean, lo, hi, colors)
+        x = common.value_bars(right, mean, lo, hi, colors)
         right.axhline(0, color="black", linewidth=0.8)
         for xi, m, h, low in zip(x, mean, hi, lo, strict=True):
             if not finite(m):
@@ -319,7 +323,7 @@ def continuation_effect(rows: Frame) -> Figure:
                 fontsize=9,
             )
         labels = [f"{s}\n(n={fmt_n(k)}, syn. {fmt_pct(y)})" for s, k, y in zip(names, n, syn, strict=True)]
-        ticks(right, x, labels)
+        common.ticks(right, x, labels)
         right.margins(y=0.15)
         if not np.isfinite(mean).any():
             note(right, "no logit values (all NaN)")
