@@ -1,5 +1,6 @@
 """The decoding engine on tiny random Qwen2 / Llama models: batch invariance, exact baselines under
-scale 1.0, per-row conditions, the prefill/decode gate, finish reasons; and one run of the demo model."""
+scale 1.0, per-row conditions, the prefill/decode gate, finish reasons; and one run of the demo model.
+Device options (CPU defaults, no row floor) and the CUDA paths: test_engine_devices.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from bt_assets.lib.engine import (
-    MIN_DECODE_ROWS,
     Completion,
+    EngineOptions,
     Request,
     SamplingConfig,
     batches,
@@ -24,6 +25,8 @@ from bt_assets.lib.sampling import stable_key
 from bt_assets_tests.conftest import EOS_ID, GGUF, demo_dir, tiny_model
 
 N_LAYERS = 4
+CPU = EngineOptions.for_device(torch.device("cpu"))
+CPU_FLOOR = CPU.min_decode_rows  # the row floor of the bit-exact path
 SAMPLING = SamplingConfig(temperature=1.0, top_p=0.95, top_k=64, max_new_tokens=10, seed=11)
 ZERO_MLP = {("mlp", layer): 0.0 for layer in range(N_LAYERS)}
 
@@ -84,12 +87,13 @@ def test_batches_keep_a_prompts_rows_together():
 
 
 def test_small_gemms_are_why_batches_are_padded():
-    """The assumption behind MIN_DECODE_ROWS on this CPU: a matmul's rows equal the same rows of a much
-    larger matmul bit for bit once it has MIN_DECODE_ROWS rows (BLAS uses other kernels below 12)."""
+    """The assumption behind the CPU row floor: a matmul's rows equal the same rows of a much larger
+    matmul bit for bit once it has ``EngineOptions.for_device(cpu).min_decode_rows`` rows (BLAS uses
+    other kernels below 12)."""
     torch.manual_seed(0)
     w, x = torch.randn(576, 1536), torch.randn(256, 576)
     ref = x @ w
-    for rows in (MIN_DECODE_ROWS, 17, 31, 64, 100):
+    for rows in (CPU_FLOOR, 17, 31, 64, 100):
         assert torch.equal(x[:rows] @ w, ref[:rows]), rows
 
 
@@ -110,7 +114,7 @@ def test_identical_rows_attend_identically_wherever_they_sit(rows):
 
 
 def test_decode_batches_never_run_below_the_row_floor(model):
-    """3 requests and early EOS: every unembedding multiplies at least MIN_DECODE_ROWS rows, in the
+    """3 requests and early EOS: every unembedding multiplies at least the CPU floor of rows, in the
     prefill (2 distinct prompts) and in every decode step (padding rows are copies of a real one and
     are dropped from the output)."""
     rows: list[int] = []
@@ -125,14 +129,14 @@ def test_decode_batches_never_run_below_the_row_floor(model):
     finally:
         handle.remove()
     assert len(out) == 3 and all(c.n_tokens <= 3 for c in out.values())
-    # prefill: 2 prompts (3 and 7 tokens, padded to MIN_DECODE_ROWS positions) keep 8 positions each
-    assert rows[0] == 16 and len(rows) >= 2 and min(rows[1:]) >= MIN_DECODE_ROWS
+    # prefill: 2 prompts (3 and 7 tokens, padded to the 16-position floor) keep 8 positions each
+    assert CPU_FLOOR == 16 and rows[0] == 16 and len(rows) >= 2 and min(rows[1:]) >= CPU_FLOOR
 
 
 @pytest.mark.parametrize("case", ["nucleus_top64", "full_vocab"])
 def test_common_prompt_width_makes_outputs_bit_identical_across_batches(model, case):
     """With every prompt padded to one width, rows of any batch size, order and neighbours get the same
-    arithmetic (row-exact attention, >= MIN_DECODE_ROWS rows per product): identical token ids. Before
+    arithmetic (row-exact attention, >= the CPU floor of rows per product): identical token ids. Before
     the common width, batch 7 and batch 64 differed in 1 of 18 full-vocabulary completions."""
     reqs = requests(conditions=(0, 1, 2), samples=2)
     table = scale_table(GOLDEN_TABLE, N_LAYERS)
@@ -145,7 +149,7 @@ def test_common_prompt_width_makes_outputs_bit_identical_across_batches(model, c
         assert tokens(run(model, rs, table, sampling=sampling, batch_size=bs, prompt_width=width)) == want, bs
     assert tokens(run(model, reqs, table, sampling=sampling, batch_size=7)) == tokens(
         run(model, reqs, table, sampling=sampling, batch_size=64)
-    )  # the default width (the MIN_DECODE_ROWS floor) is common to all batches of these short prompts
+    )  # the default width (the CPU row floor) is common to all batches of these short prompts
 
 
 def test_scale_one_reproduces_baseline(model):
@@ -233,6 +237,8 @@ def test_eos_check_interval_changes_nothing(model):
     for every in (2, 3, 64):
         got = run(model, reqs, table, eos=stops, batch_size=5, eos_check_every=every)
         assert {k: (c.finish_reason, c.token_ids) for k, c in got.items()} == want, every
+    got = run(model, reqs, table, eos=stops, batch_size=5, options=EngineOptions(eos_check_every=8))
+    assert {k: (c.finish_reason, c.token_ids) for k, c in got.items()} == want  # the option, not the kwarg
 
 
 def logit_trace(model, reqs, table, sampling, eos, shared: bool) -> tuple[dict, list[torch.Tensor]]:
@@ -285,9 +291,9 @@ def test_shared_prefix_attention_is_the_bf16_cpu_default(model):
     calls: list[bool] = []
     original = engine._decode_steps
 
-    def spy(*args):
-        calls.append(bool(args[-1]))  # shared_kw: non-empty on the shared path
-        return original(*args)
+    def spy(model, decode, *args):
+        calls.append(decode.shared)  # the DecodeState passes the shared-prefix cache to the model
+        return original(model, decode, *args)
 
     engine._decode_steps = spy
     try:
