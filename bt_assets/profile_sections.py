@@ -108,6 +108,12 @@ class GenerationCfg(Strict):
     top_k: NonNegInt = 64
     batch_size: PosInt = 64
     chunk_problems: PosInt = Field(8, description="problems per resumable chunk")
+    min_decode_rows: PosInt | None = Field(
+        None, description="engine row floor; default by device (CPU 16: the bit-exact path; GPU 1)"
+    )
+    eos_check_every: PosInt | None = Field(
+        None, description="decode steps between finished-row checks; default by device (CPU 1, GPU 8)"
+    )
 
 
 class DetectionCfg(Strict):

@@ -9,14 +9,17 @@ module; never each other.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
 import polars as pl
+import torch
 
 from bt_assets.config import Profile
 from bt_assets.lib import cells as cell_lib
 from bt_assets.lib.engine import SamplingConfig
+from bt_assets.lib.engine_options import EngineOptions
 from bt_assets.lib.events import Detector, baseline_view, detect_and_grade
 from bt_assets.lib.generation import Cell, CellReport, GenerationStore
 from bt_assets.lib.hooks import HookState, decoder_layers
@@ -165,6 +168,15 @@ def variants(profile: Profile, names: Sequence[str] | None = None) -> list[Varia
     ]
 
 
+def engine_options(profile: Profile, device: torch.device) -> EngineOptions:
+    """The engine's defaults for ``device`` with the profile's ``generation.min_decode_rows`` /
+    ``eos_check_every`` where set. Operational keys (not in the chunk fingerprint); on CPU a floor below
+    16 gives up bit-identical completions across batch sizes (``engine`` docstring, rule 2)."""
+    g = profile.generation
+    set_keys = {"min_decode_rows": g.min_decode_rows, "eos_check_every": g.eos_check_every}
+    return replace(EngineOptions.for_device(device), **{k: v for k, v in set_keys.items() if v is not None})
+
+
 def ablation_cells(
     profile: Profile, prompts: pl.DataFrame, keys: Sequence[str], selected: dict, random_sets: dict
 ) -> list[Cell]:
@@ -210,6 +222,7 @@ def generate(
         log=context.log.info,
         progress=context.log.info,  # rows done, tok/s, ETA: after the first batch, then every ~10 s
         prompt_width=int(prompt_table["prompt_tokens"].max() or 0),
+        options=engine_options(profile, next(model.model.parameters()).device),
     )
     for key, rep in reports.items():
         context.add_asset_metadata(cell_metadata(profile, rep), partition_key=key)

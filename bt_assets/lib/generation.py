@@ -22,6 +22,7 @@ import torch
 
 from bt_assets.lib.chunkstore import ChunkStore, ChunkStoreError, atomic_write_bytes
 from bt_assets.lib.engine import Request, SamplingConfig, generate
+from bt_assets.lib.engine_options import EngineOptions
 from bt_assets.lib.hooks import HookState, decoder_layers, scale_table
 from bt_assets.lib.progress import ProgressLog
 
@@ -231,6 +232,7 @@ class GenerationStore:
         progress: Callable[[str], None] | None = None,
         progress_every_s: float = 10.0,
         prompt_width: int = 0,
+        options: EngineOptions | None = None,
     ) -> dict[str, CellReport]:
         """Generate every missing chunk of every cell together; return a report per cell (rows, tok/s,
         truncation). All pending cells decode in the same batches (conditions as per-row scales).
@@ -239,7 +241,7 @@ class GenerationStore:
         tok/s and ETA after the first batch, then at most every ``progress_every_s`` seconds, and after
         the last. ``prompt_width``: the engine's common left-padded prompt width (the longest prompt of
         the asset's whole prompt table, so that a chunk's tokens do not depend on which cells share its
-        run).
+        run). ``options``: the engine's device choices (None: the defaults of the model's device).
         """
         n_layers = len(decoder_layers(model))
         scales = scale_table([c.scales for c in cells], n_layers)
@@ -307,6 +309,7 @@ class GenerationStore:
                     hook_state_out=hook_state,
                     progress=tracker.batch_done,
                     prompt_width=prompt_width,
+                    options=options,
                 )
                 for c in batch
             ]
