@@ -17,12 +17,14 @@ from bt_assets.lib.chunkstore import atomic_write_bytes, atomic_write_parquet
 
 
 class PolarsParquetIOManager(dg.ConfigurableIOManager):
-    """Stores ``pl.DataFrame`` outputs as ``<base_dir>/<asset key>.parquet`` and dicts as ``.json``."""
+    """Stores ``pl.DataFrame`` outputs as ``<base_dir>/<asset name>.parquet`` and dicts as ``.json``."""
 
     base_dir: str
 
     def _path(self, key: dg.AssetKey, suffix: str) -> Path:
-        return Path(self.base_dir).joinpath(*key.path).with_suffix(suffix)
+        # one code location per storage dir, so the asset name alone is unique there; a location's key
+        # prefix (``original_run/...``) names the location in the UI, not a folder
+        return (Path(self.base_dir) / key.path[-1]).with_suffix(suffix)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:

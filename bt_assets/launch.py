@@ -1,4 +1,5 @@
-"""Materialize the whole graph of the active profile: ``python -m bt_assets.launch`` (``make demo``).
+"""Materialize the whole graph of the active profile, then the re-analysed original run (the second code
+location, ``bt_assets.original_run``): ``python -m bt_assets.launch`` (``make demo``).
 
 Dagster puts one partitions definition in a run, so the graph is split into a few runs in
 topological order (``plan_waves``): each holds at most one partitioned asset, whose partitions all
@@ -9,6 +10,7 @@ afterwards. Finished generation chunks are reused, so an interrupted demo resume
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -90,19 +92,35 @@ def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
     return True
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """The live demo graph, then the original run re-analysed from its events (seconds); prints where
+    each location's outputs and reports are. ``--only original_run`` builds just the latter."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["demo", "original_run"], help="build one code location only")
+    only = parser.parse_args(argv).only
     ensure_dagster_home()
+    from bt_assets import original_run
     from bt_assets.definitions import defs, profile
 
-    t0 = time.perf_counter()
+    locations = {"demo": (profile, defs), "original_run": (original_run.profile, original_run.defs)}
+    ok = True
     with dg.DagsterInstance.get() as instance:
-        ok = materialize_all(defs, instance)
-    print(
-        f"[bt] profile {profile.profile_name} ({profile.config_hash()}): "
-        f"{'done' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s"
-    )
-    for kind in ("storage", "figures", "reports"):
-        print(f"[bt]   {kind:8s} {profile.path(kind)}")
+        for name, (loc_profile, loc_defs) in locations.items():
+            if only not in (None, name):
+                continue
+            t0 = time.perf_counter()
+            ok = ok and materialize_all(loc_defs, instance)
+            print(
+                f"[bt] profile {loc_profile.profile_name} ({loc_profile.config_hash()}): "
+                f"{'done' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s"
+            )
+            for kind in ("storage", "figures", "reports"):
+                print(f"[bt]   {kind:8s} {loc_profile.path(kind)}")
+    if only != "original_run":
+        for report in ("phase1_report.md", "phase2_report.md"):
+            print(f"[bt] demo report:         {profile.path('reports') / report}")
+    if only != "demo":
+        print(f"[bt] original-run report: {original_run.profile.path('reports') / 'original_run_report.md'}")
     return 0 if ok else 1
 
 

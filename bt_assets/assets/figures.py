@@ -108,4 +108,6 @@ def build(profile: Profile) -> list:
             "phase2_continuation_effect", 2, continuation, "P(onset token) at the onset position by scale"
         ),
     ]
+    if profile.phase1.import_dir is not None:  # an imported run has events only: the figures of events
+        specs = [s for s in specs if set(s.ins) <= {"phase1_events", "metrics_corrected"}]
     return [figure_asset(profile, s) for s in specs]

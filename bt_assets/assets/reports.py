@@ -44,6 +44,8 @@ def build(profile: Profile) -> list:
     }
     p1_deps = [f"fig_{n}" for _, n in pages.PHASE1_FIGURES]
     p2_deps = [f"fig_{n}" for _, n in pages.PHASE2_FIGURES]
+    if profile.phase1.import_dir is not None:
+        return [original_run_report(profile, page, written, settings)]
 
     @dg.asset(group_name="reports", kinds={"markdown"}, deps=p1_deps, tags={"bt/phase": "1"})
     def phase1_report(
@@ -86,3 +88,21 @@ def build(profile: Profile) -> list:
         return written("phase2_report.md", text)
 
     return [phase1_report, phase2_report]
+
+
+def original_run_report(profile: Profile, page, written, settings: dict) -> dg.AssetsDefinition:
+    """Import mode: the original run re-analysed from its events (no completions, so no model stages)."""
+    deps = [f"fig_{n}" for _, n in pages.ORIGINAL_RUN_FIGURES]
+
+    @dg.asset(group_name="reports", kinds={"markdown"}, deps=deps, tags={"bt/phase": "1"})
+    def original_run_report(
+        phase1_events: pl.DataFrame, metrics_corrected: dict, seed_compatible_tables: dict
+    ) -> dg.MaterializeResult:
+        """The original run's headline (mixed conditions, buggy grader) next to the regraded baseline-only
+        lift with its problem-bootstrap interval and counts; rates by variant and condition; figures."""
+        view = analysis_view(phase1_events, profile.detection.mode, profile.grading.mode)
+        title = "The original Phase-1 run, re-analysed from its events"
+        text = pages.original_run_page(page(title), view, metrics_corrected, seed_compatible_tables, settings)
+        return written("original_run_report.md", text)
+
+    return original_run_report

@@ -158,3 +158,94 @@ def phase2_page(
         f"\n## Figures\n\n{page.figures(PHASE2_FIGURES)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+ORIGINAL_RUN_FIGURES = [
+    ("BT rate by variant (baseline)", "bt_rate_by_variant"),
+    ("Accuracy with vs without BT (baseline)", "accuracy_by_bt"),
+    ("BT rate and accuracy by condition", "bt_rate_by_condition"),
+    ("Formatting effect (baseline)", "formatting_effect"),
+    ("Deconfounded baseline summary", "phase2_baseline_summary"),
+]
+NEEDS_COMPLETIONS = (
+    "logit lens, ablation scan, selected/random layers, Phase-2 sweeps, continuation ablation and hook "
+    "statistics: they teacher-force or re-generate completions, and the original run exported only its "
+    "per-completion events (no completion text or token ids)"
+)
+
+
+def original_headline(metrics_v2: Mapping, corrected: Mapping) -> str:
+    """The original's "backtracking lift" (its ``metrics_v2`` baseline rows, graded by its buggy grader,
+    B1-B4) beside the lift of the same rows with the stored predictions regraded, with its
+    problem-bootstrap interval, each with the counts it rests on."""
+    bva = metrics_v2["backtracking_vs_accuracy"]
+    w, wo = bva["with_backtracking"], bva["without_backtracking"]
+    head, overall = corrected["headline"], corrected["overall"]
+    a_w, a_wo = overall["accuracy_with_backtracking"], overall["accuracy_without_backtracking"]
+    lo, hi = head["corrected_lift_ci95"]
+    ev = head["evidence"]
+    verdict = {
+        True: "the interval excludes 1",
+        False: "the interval includes 1: no evidence that backtracking completions are more accurate",
+        None: "too few to test",
+    }[head["lift_interval_excludes_1"]]
+    return (
+        f"The original reported a {bva['accuracy_lift_ratio']:.2f}x backtracking lift on its baseline "
+        f"rows: accuracy {R.pct(w['accuracy'])} with backtracking ({w['correct']} of {w['count']}) vs "
+        f"{R.pct(wo['accuracy'])} without ({wo['correct']} of {wo['count']}), graded by its buggy grader "
+        "(first 'Final:' line, no numeric extraction, split long integers: B1-B4). With the stored "
+        f"predictions regraded, the same rows give {R.num(head['corrected_lift'])}x (95% bootstrap over "
+        f"problems {R.num(lo)}-{R.num(hi)}): accuracy {R.pct(a_w['rate'])} with backtracking "
+        f"({a_w['count']} of {a_w['n']}) vs {R.pct(a_wo['rate'])} without ({a_wo['count']} of "
+        f"{a_wo['n']}); {ev['bt_events']} backtracking completions from {ev['bt_problems']} of "
+        f"{overall['n_problems']} problems; {verdict}."
+    )
+
+
+def truncation_note(base: pl.DataFrame) -> str:
+    """How many baseline rows sit at the longest recorded length. The original recorded the padded
+    length of a sample's batch (B7), so this is the share whose batch ran to the token cap."""
+    tokens = base["completion_tokens"]
+    cap = int(tokens.max() or 0)
+    k = int((tokens >= cap).sum())
+    return (
+        f"{k} of {base.height} baseline rows ({R.pct(k / base.height if base.height else None)}) record "
+        f"{cap} completion tokens, the longest length in the run (the original stored the padded batch "
+        "length, B7): accuracy here is that of reasoning cut at the token budget, not of finished answers."
+    )
+
+
+def original_run_page(
+    page: Page,
+    view: pl.DataFrame,
+    metrics_corrected: Mapping,
+    seed_compatible_tables: Mapping,
+    settings: Mapping[str, object],
+) -> str:
+    """The re-analysed original run: its headline against the regraded one, baseline rates by variant
+    and condition, the figures that need only events, and which stages are absent and why."""
+    s = metrics_corrected["figure_rows"]["summary"]
+    base = view.filter(pl.col("condition") == "baseline")
+    abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
+    cond = group_rates(abl_view, "condition", settings["conditions"])
+    lines = [
+        page.header(),
+        "## Headline\n",
+        f"- {original_headline(seed_compatible_tables['metrics_v2.json'], metrics_corrected)}",
+        f"- Baseline BT rate {R.pct(s['bt_rate'])}{R.interval(s['bt_rate_lo'], s['bt_rate_hi'])} over "
+        f"{s['n']} completions of {s['n_problems']} problems (the original's detector: its events carry "
+        "no text to re-detect); regraded accuracy "
+        f"{R.pct(s['accuracy'])}{R.interval(s['accuracy_lo'], s['accuracy_hi'])} (denominator: all "
+        "completions; Wilson intervals).",
+        f"- Truncation: {truncation_note(base)}",
+        f"- {R.condition_finding(cond)}",
+        "\n## Baseline by variant\n\n"
+        + rate_table(group_rates(base, "variant", settings["variants"]), "variant"),
+        f"\n## Conditions ({settings['ablation_variant']})\n\n{rate_table(cond, 'condition')}",
+        f"\n## Figures\n\n{page.figures(ORIGINAL_RUN_FIGURES)}",
+        f"\n## Not built from an imported run\n\n{NEEDS_COMPLETIONS}.",
+        "\n## Seed-compatible tables\n\nThe original's files, recomputed from its events with its "
+        f"definitions, are under `{settings['original_format']}` (on the shipped run they equal the "
+        "original's files value for value: `bt_assets_tests/test_import.py`).",
+    ]
+    return "\n".join(lines) + "\n"
