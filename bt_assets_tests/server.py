@@ -6,6 +6,9 @@ Test modules load it with ``pytest_plugins = ["bt_assets_tests.server"]``: the f
 so materializing the graph (``python -m bt_assets.launch``, 65-100 s on 2 cores) and starting the
 server (~15 s) happen once per pytest run, whichever server tests are selected. At the end the whole process
 group of ``dagster dev`` (webserver, daemon, code servers, runs) is stopped; nothing is left behind.
+
+The helpers any test that talks to a Dagster UI needs live here too: ``free_port``, ``gql`` (a GraphQL POST),
+``dagster_home`` and ``serving`` (a UI process started, awaited and stopped as a process group).
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -27,9 +29,8 @@ from typing import Any
 
 import pytest
 
-from bt_assets_tests.conftest import EOS_ID, WAIT_IDS, write_profile
+from bt_assets_tests.conftest import ROOT, dagster_env, wait_biased_checkpoint, write_profile
 
-ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 900
 START_TIMEOUT_S = 240
 ASSET_NODES = "{ assetNodes { assetKey { path } } }"
@@ -39,9 +40,25 @@ NEEDED_DAEMONS = {"BACKFILL", "QUEUED_RUN_COORDINATOR"}
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def gql(url: str, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
+    """POST ``query`` to the GraphQL endpoint of the Dagster UI at ``url``: the ``data`` of the answer; any
+    GraphQL error fails with the messages."""
+    req = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        answer = json.loads(resp.read())
+    if answer.get("errors"):
+        raise AssertionError(f"GraphQL errors: {json.dumps(answer['errors'], indent=1)}")
+    return answer["data"]
 
 
 def tail(path: Path, n: int = 60) -> str:
@@ -67,9 +84,9 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
 class DagsterServer:
     port: int
     home: Path  # DAGSTER_HOME
-    profile: Path  # BT_PROFILE
-    outputs: Path  # the profile's storage/, figures/, reports/ live here
-    log: Path  # dagster dev's stdout + stderr
+    profile: Path | str  # BT_PROFILE
+    log: Path  # the server's stdout + stderr
+    outputs: Path | None = None  # the profile's storage/, figures/, reports/ live here
 
     @property
     def url(self) -> str:
@@ -80,17 +97,14 @@ class DagsterServer:
         return self.outputs / "storage"
 
     def gql(self, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
-        """The ``data`` of a GraphQL answer; any GraphQL error fails with the message."""
-        req = urllib.request.Request(
-            f"{self.url}/graphql",
-            data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            answer = json.loads(resp.read())
-        if answer.get("errors"):
-            raise AssertionError(f"GraphQL errors: {json.dumps(answer['errors'], indent=1)}")
-        return answer["data"]
+        return gql(self.url, query, variables, timeout)
+
+
+def dagster_home(path: Path) -> Path:
+    """A DAGSTER_HOME at ``path`` with the repository's ``dagster.yaml`` (run queue, pools)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
+    return path
 
 
 # Exec'd in front of ``dagster dev``: default SIGINT/SIGTERM. A shell that starts pytest in the background
@@ -122,30 +136,43 @@ def _stop(proc: subprocess.Popen, grace: float = 30) -> None:
         time.sleep(0.2)
 
 
-def backtracking_checkpoint(src: Path, dst: Path) -> Path:
-    """A copy of a tiny random Qwen2 checkpoint that says "Wait", so the figures have events to draw.
+@contextlib.contextmanager
+def serving(
+    server: DagsterServer, cmd: list[str], ready: Callable[[], bool], timeout: float = START_TIMEOUT_S
+) -> Iterator[DagsterServer]:
+    """Run ``cmd`` (a Dagster UI on ``server.port``: ``cmd[0]`` an executable of this venv) in the
+    repository, in its own session with the server's DAGSTER_HOME and BT_PROFILE, output to ``server.log``;
+    yield the server once ``ready()`` holds, and stop its whole process group at the end."""
+    env = dagster_env(server.home, server.profile, PYTHONUNBUFFERED="1")
+    exe = Path(sys.executable).with_name(cmd[0])
+    t0 = time.monotonic()
+    with server.log.open("w") as out:  # its own session: the whole process group is stopped at the end
+        proc = subprocess.Popen(
+            [sys.executable, "-c", DEFAULT_SIGNALS_EXEC, str(exe), *cmd[1:]],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
 
-    Qwen2's lm_head has no bias, so one is built in: residual dimension 0 holds a constant that the
-    embedding writes and no attention/MLP output touches, so after the final RMSNorm it is about
-    sqrt(hidden_size) at every position and lm_head's column 0 acts as a logit bias (+6.5 for the "Wait"
-    tokens, +4 for EOS). About 40% of 10-token completions then contain a "Wait"."""
-    import torch
-    from transformers import AutoModelForCausalLM
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited ({proc.returncode}):\n{tail(server.log)}")
+            try:
+                return ready()
+            except (OSError, AssertionError, KeyError, TypeError, ValueError):
+                return False
 
-    shutil.copytree(src, dst)
-    model = AutoModelForCausalLM.from_pretrained(src).eval()
-    scale = model.config.hidden_size**0.5
-    with torch.no_grad():
-        model.model.embed_tokens.weight[:, 0] = 4.0
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight[0, :] = 0.0
-            layer.mlp.down_proj.weight[0, :] = 0.0
-        column = torch.zeros(model.lm_head.out_features)
-        column[list(WAIT_IDS)] = 6.5 / scale
-        column[EOS_ID] = 4.0 / scale
-        model.lm_head.weight[:, 0] = column
-    model.save_pretrained(dst)
-    return dst
+        try:
+            wait_for(up, timeout, f"{cmd[0]} on {server.url} to be ready")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{tail(server.log)}") from None
+        print(f"[server] {cmd[0]} ready on {server.url} in {time.monotonic() - t0:.0f}s", flush=True)
+        yield server
+    finally:
+        _stop(proc)
 
 
 @pytest.fixture(scope="session")
@@ -153,11 +180,10 @@ def bt_instance(tmp_path_factory, tiny_dirs) -> tuple[Path, Path, Path]:
     """(DAGSTER_HOME, profile, outputs): the whole graph of a tiny profile (the backtracking checkpoint)
     materialized into a temp instance by ``python -m bt_assets.launch`` (as ``make demo`` does)."""
     outputs = tmp_path_factory.mktemp("server_outputs")
-    model_dir = backtracking_checkpoint(tiny_dirs["qwen2"], outputs / "tiny_qwen2_wait")
+    model_dir = wait_biased_checkpoint(tiny_dirs["qwen2"], outputs / "tiny_qwen2_wait")
     profile = write_profile(outputs, model_dir)
-    home = tmp_path_factory.mktemp("server_dagster_home")
-    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
-    env = {**os.environ, "DAGSTER_HOME": str(home), "BT_PROFILE": str(profile)}
+    home = dagster_home(tmp_path_factory.mktemp("server_dagster_home"))
+    env = dagster_env(home, profile)
     log = outputs / "launch.log"
     t0 = time.monotonic()
     with log.open("w") as out:
@@ -183,41 +209,14 @@ def bt_server(bt_instance) -> Iterator[DagsterServer]:
     """``dagster dev -w workspace.yaml`` on a free localhost port over ``bt_instance``; ready once GraphQL
     serves the asset graph and the backfill and run-queue daemons report healthy."""
     home, profile, outputs = bt_instance
-    port = free_port()
-    log = outputs / "dagster_dev.log"
-    server = DagsterServer(port=port, home=home, profile=profile, outputs=outputs, log=log)
-    env = {**os.environ, "DAGSTER_HOME": str(home), "BT_PROFILE": str(profile), "PYTHONUNBUFFERED": "1"}
-    exe = Path(sys.executable).with_name("dagster")
-    cmd = [str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
-    t0 = time.monotonic()
-    with log.open("w") as out:  # its own session: the whole process group is stopped at the end
-        proc = subprocess.Popen(
-            [sys.executable, "-c", DEFAULT_SIGNALS_EXEC, *cmd],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
+    server = DagsterServer(free_port(), home, profile, log=outputs / "dagster_dev.log", outputs=outputs)
 
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"dagster dev exited ({proc.returncode}):\n{tail(log)}")
-            try:
-                if not server.gql(ASSET_NODES)["assetNodes"]:
-                    return False
-                statuses = server.gql(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
-            except (OSError, AssertionError, KeyError, TypeError, ValueError):
-                return False
-            healthy = {s["daemonType"] for s in statuses if s["healthy"]}
-            return healthy >= NEEDED_DAEMONS
+    def ready() -> bool:
+        if not server.gql(ASSET_NODES)["assetNodes"]:
+            return False
+        statuses = server.gql(DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return {s["daemonType"] for s in statuses if s["healthy"]} >= NEEDED_DAEMONS
 
-        try:
-            wait_for(ready, START_TIMEOUT_S, "dagster dev to serve the asset graph with healthy daemons")
-        except TimeoutError as exc:
-            raise TimeoutError(f"{exc}\n{tail(log)}") from None
-        print(f"[server] dagster dev ready on {server.url} in {time.monotonic() - t0:.0f}s", flush=True)
+    cmd = ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(server.port)]
+    with serving(server, cmd, ready):
         yield server
-    finally:
-        _stop(proc)

@@ -4,41 +4,26 @@ single runs, outputs land on disk, checks pass, and a rerun reuses every generat
 from __future__ import annotations
 
 import json
+import re
 
 import dagster as dg
 import polars as pl
 import pytest
-import torch
+from PIL import Image
 
-from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
 from bt_assets.launch import materialize_all, plan_waves
-from bt_assets.resources import HookedModel
-from bt_assets_tests.conftest import EOS_ID, WAIT_IDS, write_profile
+from bt_assets_tests.conftest import check_record, tiny_profile, tmp_instance, wait_biased_model
 
-
-class BiasedModel(HookedModel):
-    """A tiny random model whose unembedding favours "Wait" tokens and EOS, so it backtracks."""
-
-    @property
-    def model(self) -> torch.nn.Module:
-        m = super().model
-        if m.lm_head.bias is None:
-            bias = torch.zeros(m.lm_head.out_features)
-            bias[list(WAIT_IDS)] = 7.0
-            bias[EOS_ID] = 4.0
-            m.lm_head.bias = torch.nn.Parameter(bias, requires_grad=False)
-        return m
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, tiny_dirs):
     tmp = tmp_path_factory.mktemp("graph")
-    profile = load_profile(str(write_profile(tmp, tiny_dirs["qwen2"])))
-    model = BiasedModel(profile=profile.source)
-    defs = build_definitions(profile, model=model)
-    (tmp / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
+    profile = tiny_profile(tmp, tiny_dirs["qwen2"])
+    defs = build_definitions(profile, model=wait_biased_model(profile.source))
+    with tmp_instance(tmp) as instance:
         ok = materialize_all(defs, instance)
         yield profile, defs, instance, ok
 
@@ -64,27 +49,31 @@ def test_generations_on_disk_with_true_lengths(run):
     assert events["has_backtracking_strict"].sum() > 0  # the biased model does say "Wait"
 
 
-def test_figures_and_reports_exist_with_previews(run):
+def test_figures_are_pictures_and_reports_embed_them(run):
     profile, defs, instance, _ = run
-    figs = sorted(p.name for p in profile.path("figures").glob("*.png"))
-    assert len(figs) == 10, figs
+    figs = sorted(profile.path("figures").glob("*.png"))
+    assert len(figs) == 10, [p.name for p in figs]
+    for path in figs:  # decodable pictures of a readable size, not empty or broken files
+        with Image.open(path) as image:
+            image.verify()
+            assert image.format == "PNG" and image.width > 200 and image.height > 100, path.name
     for key in defs.resolve_asset_graph().materializable_asset_keys:
         if key.path[0].startswith("fig_"):
             meta = instance.get_latest_materialization_event(key).asset_materialization.metadata
             assert meta["path"].value.endswith(".png") and "data:image/png;base64," in meta["preview"].value
-    for name in ("phase1_report.md", "phase2_report.md"):
-        text = (profile.path("reports") / name).read_text()
-        assert profile.config_hash() in text and "![" in text
+    for name in ("phase1_report.md", "phase2_report.md"):  # each embeds figures by a path that resolves
+        report = profile.path("reports") / name
+        text = report.read_text()
+        links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+        assert profile.config_hash() in text and links and "figure not produced" not in text, name
+        assert {(report.parent / link).resolve() for link in links} <= {p.resolve() for p in figs}, name
 
 
 def test_sweep_checks_pass_and_scale_one_equals_baseline(run):
     profile, defs, instance, _ = run
     for check in ("scale_one_equals_baseline", "decode_only_hooks"):
         asset = "sweep_results" if check.startswith("scale") else "hook_stats"
-        ev = instance.event_log_storage.get_latest_asset_check_execution_by_key(
-            [dg.AssetCheckKey(dg.AssetKey(asset), check)]
-        )
-        rec = next(iter(ev.values()))
+        rec = check_record(instance, dg.AssetCheckKey(dg.AssetKey(asset), check))
         assert rec.status.value == "SUCCEEDED" and rec.evaluation.passed, check
 
 

@@ -15,6 +15,7 @@ import pytest
 from bt_assets_tests.server import DagsterServer, wait_for
 
 pytest_plugins = ["bt_assets_tests.server"]
+pytestmark = pytest.mark.slow
 
 ASSET = "sweep_generations"
 PARTITION_KEYS = """query($path: [String!]!) { assetNodeOrError(assetKey: {path: $path}) {
@@ -46,7 +47,6 @@ RUN_MATERIALIZATIONS = """query($id: ID!) { runOrError(runId: $id) {
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
-@pytest.mark.slow
 def test_sweep_backfill_via_graphql_is_one_run(bt_server: DagsterServer):
     keys = bt_server.gql(PARTITION_KEYS, {"path": [ASSET]})["assetNodeOrError"]["partitionKeys"]
     assert len(keys) >= 3, keys

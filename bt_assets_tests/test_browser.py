@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bt_assets_tests.server import ROOT, DagsterServer
+from bt_assets_tests.conftest import ROOT, unavailable
+from bt_assets_tests.server import DagsterServer
 
 pytest_plugins = ["bt_assets_tests.server"]
+pytestmark = pytest.mark.slow
 
 ARTIFACTS = ROOT / ".test-artifacts" / "browser"
 FIGURE = "fig_logit_lens"
@@ -38,19 +40,12 @@ def find_chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def unavailable(reason: str) -> None:
-    """Fail under CI, where ``make test`` provides chromium and Playwright; skip on a dev machine."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set: the browser test must run there; see `make test-deps`)")
-    pytest.skip(f"{reason}; install it (`sudo make test-deps`, Debian) to run the browser test")
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
     """The system chromium's path; checked before the (slow) server starts."""
     path = find_chromium()
     if not path:
-        unavailable("no system chromium (neither BT_CHROMIUM nor `chromium` on PATH)")
+        unavailable("no system chromium (neither BT_CHROMIUM nor `chromium` on PATH); `sudo make test-deps`")
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -128,7 +123,6 @@ def settle(page, locators, timeout_ms: int = 10_000) -> None:
         page.wait_for_timeout(300)
 
 
-@pytest.mark.slow
 def test_ui_graph_preview_lineage_and_materialize(chromium, bt_server: DagsterServer, page):
     try:
         check_ui(bt_server, page)

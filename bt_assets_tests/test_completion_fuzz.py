@@ -207,6 +207,7 @@ def test_ten_thousand_nasty_completions():
     assert total < 60, f"{N_CASES} cases took {total:.1f}s"
 
 
+@pytest.mark.slow  # the demo tokenizer is read from the GGUF model file (seconds)
 @pytest.mark.parametrize("add_bos", [True, False])
 def test_onset_fields_on_nasty_completions(demo_tokenizer, add_bos):
     """Token positions of fuzzed onsets: consistent and never raising (300 cases per BOS setting: the

@@ -27,13 +27,18 @@ def fails(tmp_path: Path, body: str) -> str:
     return str(err.value)
 
 
+# bodies under ``extends: demo``: the prefixes of the phase2 entries below
 SUBSET = "phase2:\n  subsets:\n    - "
+SWEEP_KEY = "  scale_sweep: {subset: selected_mlp, "
+SWEEP, ALLOWED = "phase2:\n" + SWEEP_KEY, "phase2:\n  allow_scale_above_one: true\n" + SWEEP_KEY
+CONT = "phase2:\n  continuation: {subset: top_mlp, "
 CASES = {
     # wrong types
     "str_for_int": ("generation:\n  max_new_tokens: ten\n", "generation.max_new_tokens"),
     "list_for_int": ("run:\n  seed: [1]\n", "run.seed"),
     "str_for_bool": ("model:\n  add_bos: maybe\n", "model.add_bos"),
     "float_for_int": ("dataset:\n  n: 2.5\n", "dataset.n"),
+    "str_for_float": ("generation:\n  temperature: hot\n", "generation.temperature"),
     "str_for_list": ("phase2:\n  subsets: top_mlp\n", "phase2.subsets"),
     "int_for_name": ("prompting:\n  variants:\n    - {name: 5}\n", "prompting.variants.0.name"),
     "list_for_section": ("paths: [a, b]\n", "paths"),
@@ -44,10 +49,7 @@ CASES = {
     # unknown keys at every depth
     "unknown_top": ("bogus: 1\n", "bogus: unknown key"),
     "unknown_section": ("generation:\n  max_new_tokns: 5\n", "generation.max_new_tokns: unknown key"),
-    "unknown_nested": (
-        "phase2:\n  scale_sweep: {subset: selected_mlp, scale: [0.5]}\n",
-        "phase2.scale_sweep.scale: unknown key",
-    ),
+    "unknown_nested": (SWEEP + "scale: [0.5]}\n", "phase2.scale_sweep.scale: unknown key"),
     "unknown_in_list": (
         SUBSET + "{name: x, from_selected: mlp, layer: 3}\n",
         "phase2.subsets.0.layer: unknown key",
@@ -60,28 +62,24 @@ CASES = {
     # negative / zero sizes
     "zero_batch": ("generation:\n  batch_size: 0\n", "generation.batch_size"),
     "negative_n": ("dataset:\n  n: -5\n", "dataset.n"),
+    "negative_samples": ("generation:\n  samples_per_prompt: -1\n", "generation.samples_per_prompt"),
+    "zero_min_events": ("analysis:\n  min_events_for_claims: 0\n", "analysis.min_events_for_claims"),
     "zero_problems": ("phase2:\n  n_problems: 0\n", "phase2.n_problems"),
     "negative_topk": ("analysis:\n  topk: -1\n", "analysis.topk"),
     "negative_top_k": ("generation:\n  top_k: -1\n", "generation.top_k"),
     "zero_subset_top": (SUBSET + "{name: x, from_selected: mlp, top: 0}\n", "phase2.subsets.0.top"),
     "negative_layer": (SUBSET + "{name: x, components: [[mlp, -1]]}\n", "phase2.subsets.0.components.0.1"),
     "zero_chunk": ("generation:\n  chunk_problems: 0\n", "generation.chunk_problems"),
-    "negative_events": (
-        "phase2:\n  continuation: {subset: top_mlp, max_events: -1}\n",
-        "phase2.continuation.max_events",
-    ),
+    "negative_events": (CONT + "max_events: -1}\n", "phase2.continuation.max_events"),
     "zero_num_layers": ("model:\n  num_layers: 0\n", "model.num_layers"),
     "more_problems_than_dataset": ("phase2:\n  n_problems: 25\n", "phase2.n_problems"),
     # empty things
-    "empty_subset": (SUBSET + "{name: empty}\n", "phase2.subsets.0"),
+    "empty_subset": (SUBSET + "{name: empty}\n", "phase2.subsets.0: subset 'empty' is empty"),
     "empty_components": (SUBSET + "{name: empty, components: []}\n", "subset 'empty' is empty"),
     "no_variants": ("prompting:\n  variants: []\n", "prompting.variants"),
     "no_strict_triggers": ("detection:\n  triggers_strict: []\n", "detection.triggers_strict"),
     "empty_trigger": ("detection:\n  triggers_relaxed: [Wait, '']\n", "detection.triggers_relaxed.1"),
-    "no_scales": (
-        "phase2:\n  scale_sweep: {subset: selected_mlp, scales: []}\n",
-        "phase2.scale_sweep.scales",
-    ),
+    "no_scales": (SWEEP + "scales: []}\n", "phase2.scale_sweep.scales"),
     "no_components": ("analysis:\n  components: []\n", "analysis.components"),
     "no_layers": ("analysis:\n  layers: []\n", "analysis.layers"),
     "no_seeds": ("ablation:\n  random_seeds: []\n", "ablation.random_seeds"),
@@ -98,18 +96,10 @@ CASES = {
     # scales outside [0, 1]
     "ablation_scale": ("ablation:\n  scale: 1.5\n", "ablation.scale"),
     "scan_scale": ("analysis:\n  scan_scale: -0.1\n", "analysis.scan_scale"),
-    "sweep_scale_above_one": (
-        "phase2:\n  scale_sweep: {subset: selected_mlp, scales: [0.0, 1.2]}\n",
-        "phase2.scale_sweep.scales.1: 1.2 is above 1",
-    ),
-    "continuation_scale_above_one": (
-        "phase2:\n  continuation: {subset: top_mlp, scales: [2.0]}\n",
-        "phase2.continuation.scales.0",
-    ),
-    "negative_scale_even_if_allowed": (
-        "phase2:\n  allow_scale_above_one: true\n  scale_sweep: {subset: selected_mlp, scales: [-0.5]}\n",
-        "phase2.scale_sweep.scales.0",
-    ),
+    "sweep_scale_above_one": (SWEEP + "scales: [0.0, 1.2]}\n", "phase2.scale_sweep.scales.1: 1.2 is above 1"),
+    "continuation_scale_above_one": (CONT + "scales: [2.0]}\n", "phase2.continuation.scales.0"),
+    "negative_scale_even_if_allowed": (ALLOWED + "scales: [-0.5]}\n", "phase2.scale_sweep.scales.0"),
+    "top_p_above_one": ("generation:\n  top_p: 1.5\n", "generation.top_p"),
     "infinite_temperature": ("generation:\n  temperature: .inf\n", "generation.temperature"),
     "nan_top_p": ("generation:\n  top_p: .nan\n", "generation.top_p"),
     # duplicates
@@ -118,10 +108,7 @@ CASES = {
         "phase2.subsets: duplicate names",
     ),
     "duplicate_variants": ("prompting:\n  variants: [{name: a}, {name: a}]\n", "prompting.variants"),
-    "duplicate_scales": (
-        "phase2:\n  scale_sweep: {subset: selected_mlp, scales: [0.5, 0.50000001]}\n",
-        "phase2.scale_sweep.scales: duplicate scales",
-    ),
+    "duplicate_scales": (SWEEP + "scales: [0.5, 0.50000001]}\n", "phase2.scale_sweep.scales: duplicate"),
     "duplicate_seeds": ("ablation:\n  random_seeds: [7, 7]\n", "ablation.random_seeds"),
     "duplicate_conditions": ("phase1:\n  conditions: [baseline, baseline]\n", "phase1.conditions"),
     "duplicate_components": ("analysis:\n  components: [mlp, mlp]\n", "analysis.components"),
@@ -139,9 +126,11 @@ CASES = {
     "variant_empty": ("prompting:\n  variants: [{name: ''}]\n", "prompting.variants.0.name"),
     "subset_with_space": (SUBSET + "{name: 'a b', from_selected: mlp}\n", "phase2.subsets.0.name"),
     "subset_named_baseline": (SUBSET + "{name: baseline, from_selected: mlp}\n", "phase2.subsets.0.name"),
+    "unknown_component": (SUBSET + "{name: x, components: [[ffn, 3]]}\n", "phase2.subsets.0.components"),
     "unknown_sweep_subset": ("phase2:\n  scale_sweep: {subset: nope}\n", "phase2.scale_sweep.subset"),
     "unknown_phase2_variant": ("phase2:\n  variant: nope\n", "phase2.variant"),
     "unknown_ablation_variant": ("phase1:\n  ablation_variant: nope\n", "phase1.ablation_variant"),
+    "unknown_analysis_variant": ("analysis:\n  variant: missing_variant\n", "analysis.variant"),
     "bad_condition": ("phase1:\n  conditions: [baseline, zero_all]\n", "phase1.conditions.1"),
     # values that would only fail deep inside a run
     "bad_regex": ("detection:\n  answer_regex: '(unclosed'\n", "detection.answer_regex"),
@@ -163,9 +152,7 @@ def test_bad_profile_fails_at_load_naming_the_key(tmp_path, case):
 
 
 def test_scales_above_one_only_when_allowed(tmp_path):
-    body = (
-        "phase2:\n  allow_scale_above_one: true\n  scale_sweep: {subset: selected_mlp, scales: [0, 1, 1.5]}\n"
-    )
+    body = ALLOWED + "scales: [0, 1, 1.5]}\n"
     prof = load_text(tmp_path, "extends: demo\n" + body)
     assert prof.phase2.scale_sweep.scales == [0.0, 1.0, 1.5]
     assert "phase2.scale_sweep.scales.2" in fails(tmp_path, body.replace("true", "false"))
@@ -290,22 +277,20 @@ values = st.recursive(
 )
 
 
-def _nodes(tree: Any, path: tuple = ()) -> list[tuple]:
-    """Paths of every node below the root."""
-    out = []
+def _walk(tree: Any, path: tuple = ()) -> list[tuple[tuple, Any]]:
+    """(path, node) of the root and every node below it."""
     items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    for k, v in items:
-        out.append((*path, k))
-        out += _nodes(v, (*path, k))
-    return out
+    return [(path, tree)] + [pair for k, v in items for pair in _walk(v, (*path, k))]
 
 
-def _containers(tree: Any, path: tuple = ()) -> list[tuple]:
-    out = [path] if isinstance(tree, dict) else []
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
-    for k, v in items:
-        out += _containers(v, (*path, k))
-    return out
+def _nodes(tree: Any) -> list[tuple]:
+    """Paths of every node below the root (what can be deleted or swapped)."""
+    return [path for path, _ in _walk(tree) if path]
+
+
+def _containers(tree: Any) -> list[tuple]:
+    """Paths of every mapping, the root included (where a key can be inserted)."""
+    return [path for path, node in _walk(tree) if isinstance(node, dict)]
 
 
 def _get(tree: Any, path: tuple) -> Any:

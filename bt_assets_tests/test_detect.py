@@ -102,6 +102,7 @@ def prompt() -> str:
     )
 
 
+@pytest.mark.slow  # the demo tokenizer is read from the GGUF model file (seconds)
 def test_onset_fields_arithmetic(demo_tokenizer, prompt):
     completion = "Two plus three is five. Wait, let me recheck: 2 + 3 = 5.\nFinal: 5"
     onset = detect(completion, STRICT, RELAXED, SEED)
@@ -117,6 +118,7 @@ def test_onset_fields_arithmetic(demo_tokenizer, prompt):
     assert before == completion[: onset.char].rstrip(" ")
 
 
+@pytest.mark.slow
 def test_onset_fields_with_prepended_bos(demo_tokenizer, prompt):
     completion = "Hmm. Wait, five."
     onset = detect(completion, STRICT, RELAXED, SEED)
@@ -133,6 +135,7 @@ def test_onset_fields_with_prepended_bos(demo_tokenizer, prompt):
     assert not has_bos and ids[0] != demo_tokenizer.bos_token_id
 
 
+@pytest.mark.slow
 def test_onset_fields_at_completion_start_and_none(demo_tokenizer, prompt):
     onset = detect("Wait. 5", STRICT, RELAXED, SEED)
     f = onset_fields(demo_tokenizer, prompt, "Wait. 5", onset, add_bos=False)

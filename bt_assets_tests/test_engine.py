@@ -30,6 +30,8 @@ CPU_FLOOR = CPU.min_decode_rows  # the row floor of the bit-exact path
 SAMPLING = SamplingConfig(temperature=1.0, top_p=0.95, top_k=64, max_new_tokens=10, seed=11)
 ZERO_MLP = {("mlp", layer): 0.0 for layer in range(N_LAYERS)}
 
+pytestmark = pytest.mark.slow  # every test here builds or loads a model (or times BLAS kernels)
+
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def model(request):

@@ -26,6 +26,8 @@ from bt_assets_tests.test_engine import (
 
 CUDA = torch.device("cuda")
 
+pytestmark = pytest.mark.slow  # every test here builds or loads a model (or times BLAS kernels)
+
 
 @pytest.fixture(scope="module", params=["qwen2", "llama"])
 def model(request):

@@ -10,16 +10,18 @@ import pytest
 from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
 from bt_assets.launch import plan_waves, run_wave
-from bt_assets.lib.chunkstore import file_sha256
-from bt_assets_tests.conftest import write_profile
+from bt_assets_tests.conftest import (
+    PHASE1_GENERATION,
+    check_record,
+    file_states,
+    latest_run_metadata,
+    run_waves,
+    tiny_profile,
+    tmp_instance,
+)
 
 GENS = dg.AssetKey("phase1_generations")
 CHECK = dg.AssetCheckKey(GENS, "chunks_verify")
-
-
-def check_record(instance: dg.DagsterInstance, key: dg.AssetCheckKey):
-    rec = instance.event_log_storage.get_latest_asset_check_execution_by_key([key])[key]
-    return rec.evaluation
 
 
 def run_check(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetCheckKey):
@@ -28,7 +30,7 @@ def run_check(defs: dg.Definitions, instance: dg.DagsterInstance, key: dg.AssetC
         asset_selection=set(), asset_check_selection={key}
     )
     job.execute_in_process(instance=instance, raise_on_error=False)
-    return check_record(instance, key)
+    return check_record(instance, key).evaluation
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -45,12 +47,10 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 @pytest.fixture(scope="module")
 def materialized(tmp_path_factory, tiny_dirs):
     tmp = tmp_path_factory.mktemp("checks")
-    profile = load_profile(str(write_profile(tmp, tiny_dirs["qwen2"])))
+    profile = tiny_profile(tmp, tiny_dirs["qwen2"])
     defs = build_definitions(profile)
-    (tmp / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
-        for wave in plan_waves(defs, {dg.AssetKey("problems"), dg.AssetKey("prompts"), GENS}):
-            assert run_wave(defs, wave, instance)
+    with tmp_instance(tmp) as instance:
+        run_waves(defs, PHASE1_GENERATION, instance)
         yield profile, defs, instance
 
 
@@ -62,15 +62,16 @@ def test_every_generation_asset_has_a_blocking_chunks_check():
         assert graph.get(key).blocking
 
 
+@pytest.mark.slow
 def test_corrupt_chunk_fails_the_check_blocks_readers_and_heals(materialized):
     profile, defs, instance = materialized
-    ev = check_record(instance, CHECK)  # ran with the materialization (same run)
+    ev = check_record(instance, CHECK).evaluation  # ran with the materialization (same run)
     assert ev.passed and ev.metadata["cells_checked"].value == len(profile.variant_names)
 
     root = profile.path("storage") / "phase1_generations"
     files = sorted(root.rglob("chunk-*.parquet"))
     victim = files[len(files) // 2]
-    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns, file_sha256(p)) for p in files}
+    before = file_states(files)
     data = victim.read_bytes()
     victim.write_bytes(data[:-16] + bytes(16))  # same size, other bytes: only the sha256 can tell
 
@@ -94,13 +95,11 @@ def test_corrupt_chunk_fails_the_check_blocks_readers_and_heals(materialized):
 
     # rematerializing regenerates only the bad chunk; every other file keeps its inode and mtime
     assert run_wave(defs, [GENS], instance)
-    assert check_record(instance, CHECK).passed
+    assert check_record(instance, CHECK).evaluation.passed
     assert victim.read_bytes() == data  # deterministic sampling: the same bytes as before
     assert victim.with_name(victim.name + ".corrupt").read_bytes() == data[: len(data) // 3]
-    for p, (ino, mtime, sha) in before.items():
-        if p != victim:
-            assert (p.stat().st_ino, p.stat().st_mtime_ns, file_sha256(p)) == (ino, mtime, sha), p
-    mats = instance.fetch_materializations(GENS, limit=100).records
-    last = [r.asset_materialization.metadata for r in mats if r.run_id == mats[0].run_id]
-    counts = sorted((m["chunks_written"].value, m["chunks_discarded"].value) for m in last)
+    others = [p for p in files if p != victim]
+    assert file_states(others) == {p: before[p] for p in others}
+    last = latest_run_metadata(instance, GENS).values()
+    counts = sorted((m["chunks_written"], m["chunks_discarded"]) for m in last)
     assert counts == [(0, 0)] * (len(last) - 1) + [(1, 1)]

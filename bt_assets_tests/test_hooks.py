@@ -11,9 +11,10 @@ from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_l
 from bt_assets_tests.conftest import tiny_model
 
 N_LAYERS = 4
+SLOW = pytest.mark.slow  # every test that uses ``model`` (or builds one) loads a tiny model
 
 
-@pytest.fixture(scope="module", params=["qwen2", "llama"])
+@pytest.fixture(scope="module", params=[pytest.param(a, marks=SLOW) for a in ("qwen2", "llama")])
 def model(request):
     return tiny_model(request.param)
 
@@ -155,6 +156,7 @@ def test_row_condition_read_at_call_time(model):
     assert not torch.allclose(second[0], first[0])
 
 
+@SLOW
 def test_bf16_keeps_dtype_and_exactness():
     model = tiny_model("llama").to(torch.bfloat16)
     state = state_for([{}, {("attn", 0): 0.3}], [0, 1])

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import dagster as dg
 import pytest
 
 from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
 from bt_assets.launch import materialize_all
+from bt_assets_tests.conftest import tmp_instance
+
+pytestmark = pytest.mark.slow
 
 FIX = Path(__file__).parent / "fixtures"
 
@@ -26,10 +28,8 @@ phase1: {{import_dir: "{FIX / "phase1_run"}"}}
 paths: {{storage: "{tmp / "storage"}", figures: "{tmp / "figures"}", reports: "{tmp / "reports"}"}}
 """)
     profile = load_profile(str(prof))
-    defs = build_definitions(profile)
-    (tmp / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp / "home")) as instance:
-        assert materialize_all(defs, instance)
+    with tmp_instance(tmp) as instance:
+        assert materialize_all(build_definitions(profile), instance)
     return profile
 
 

@@ -10,6 +10,7 @@ and its resources, volumes and environment are checked.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -52,6 +53,11 @@ def names(refs: list[dict]) -> list[str]:
     return [r["name"] for r in refs if "name" in r]
 
 
+def snake_keys(src: dict, keys: list[str]) -> dict:
+    """The chart's camelCase ``keys`` that are set in ``src``, under their snake_case config names."""
+    return {re.sub(r"(?=[A-Z])", "_", k).lower(): src[k] for k in keys if src.get(k)}
+
+
 def render_run_launcher(values: dict) -> dict:
     """``run_launcher`` as the chart's ``dagsterYaml.runLauncher.k8s`` renders it."""
     c = values["runLauncher"]["config"]["k8sRunLauncher"]
@@ -68,18 +74,8 @@ def render_run_launcher(values: dict) -> dict:
         cfg["kubeconfig_file"] = c["kubeconfigFile"]
     if c.get("image"):
         cfg["job_image"] = f"{c['image']['repository']}:{c['image']['tag']}"
-    simple = {
-        "envVars": "env_vars",
-        "volumeMounts": "volume_mounts",
-        "volumes": "volumes",
-        "labels": "labels",
-        "resources": "resources",
-        "schedulerName": "scheduler_name",
-        "securityContext": "security_context",
-    }
-    for camel, snake in simple.items():
-        if c.get(camel):
-            cfg[snake] = c[camel]
+    simple = ["envVars", "volumeMounts", "volumes", "labels", "resources", "schedulerName", "securityContext"]
+    cfg.update(snake_keys(c, simple))
     if c.get("envConfigMaps"):
         cfg["env_config_maps"] = names(c["envConfigMaps"])
     if c.get("envSecrets"):
@@ -87,17 +83,11 @@ def render_run_launcher(values: dict) -> dict:
     if c.get("failPodOnRunFailure"):
         cfg["fail_pod_on_run_failure"] = True
     run_cfg = c.get("runK8sConfig") or {}
-    parts = {
-        "containerConfig": "container_config",
-        "podSpecConfig": "pod_spec_config",
-        "podTemplateSpecMetadata": "pod_template_spec_metadata",
-        "jobSpecConfig": "job_spec_config",
-        "jobMetadata": "job_metadata",
-    }
+    parts = ["containerConfig", "podSpecConfig", "podTemplateSpecMetadata", "jobSpecConfig", "jobMetadata"]
     unknown = set(run_cfg) - set(parts)
     assert not unknown, f"runK8sConfig keys the chart drops: {unknown}"
     if run_cfg:
-        cfg["run_k8s_config"] = {parts[k]: v for k, v in run_cfg.items() if v}
+        cfg["run_k8s_config"] = snake_keys(run_cfg, parts)
     return cfg
 
 
@@ -175,13 +165,7 @@ def code_location_context(values: dict) -> dict:
         "service_account_name": f"{RELEASE}-dagster-user-deployments-user-deployments",
         "run_k8s_config": {"pod_spec_config": {"automount_service_account_token": True}},
     }
-    for camel, snake in {
-        "volumeMounts": "volume_mounts",
-        "volumes": "volumes",
-        "resources": "resources",
-    }.items():
-        if dep.get(camel):
-            k8s[snake] = dep[camel]
+    k8s.update(snake_keys(dep, ["volumeMounts", "volumes", "resources"]))
     if dep.get("envSecrets"):
         k8s["env_secrets"] = names(dep["envSecrets"])
     return {"k8s": k8s}
@@ -245,8 +229,8 @@ def gpu_profile():
 def test_profile_gpu_tag_matches_dagster_k8s_schema():
     profile = gpu_profile()
     op_tags = profile.k8s_gpu_op_tags()
-    assert set(op_tags) == {K8S_CONFIG_TAG} and K8S_CONFIG_TAG == USER_DEFINED_K8S_CONFIG_KEY
-    ok(validate_config(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA, op_tags[K8S_CONFIG_TAG]))
+    assert set(op_tags) == {USER_DEFINED_K8S_CONFIG_KEY}  # the one tag dagster-k8s reads
+    ok(validate_config(USER_DEFINED_K8S_JOB_CONFIG_SCHEMA, op_tags[USER_DEFINED_K8S_CONFIG_KEY]))
     parsed = get_user_defined_k8s_config(profile.k8s_gpu_run_tags())  # what the launcher reads
     assert parsed.container_config["resources"]["limits"]["nvidia.com/gpu"] == 1
     # where runs execute is not part of the experiment: the hash equals the profile without k8s
@@ -261,6 +245,7 @@ def test_profile_k8s_key_validated(tmp_path):
         load_profile(str(bad))
 
 
+@pytest.mark.slow  # runs a job in a Dagster instance
 def test_gpu_tag_on_assets_and_jobs():
     """As ``op_tags`` (step pods, k8s_job_executor) and as job/run tags (the run pod): both parse."""
     profile = gpu_profile()

@@ -17,7 +17,6 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -27,21 +26,14 @@ import dagster as dg
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
-from bt_assets.launch import plan_waves, run_wave
-from bt_assets_tests.conftest import write_profile
+from bt_assets_tests.conftest import ROOT, run_waves, tiny_profile, unavailable
+from bt_assets_tests.server import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 PG_YAML = ROOT / "deploy" / "postgres" / "dagster.yaml"
 SWEEP = dg.AssetKey("sweep_generations")
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally; in CI (``CI`` set) a missing server is a failure, not a silent skip."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this does not skip)", pytrace=False)
-    pytest.skip(reason)
 
 
 def pg_bindir() -> Path | None:
@@ -55,12 +47,6 @@ def pg_bindir() -> Path | None:
         if all((Path(d) / exe).is_file() for exe in ("initdb", "pg_ctl", "psql")):
             return Path(d)
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -109,7 +95,6 @@ def os_user_prefix() -> tuple[list[str], int | None, int | None]:
             ids = [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
             return ["setpriv", *ids], user.pw_uid, user.pw_gid
     unavailable("running as root with no unprivileged user or no runuser/setpriv to start PostgreSQL")
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -175,17 +160,13 @@ def materialized(pg, tmp_path_factory, tiny_dirs):
     with pytest.MonkeyPatch.context() as mp:
         for key, val in {**pg.env, "DAGSTER_HOME": str(home)}.items():
             mp.setenv(key, val)
-        profile = load_profile(str(write_profile(tmp, tiny_dirs["qwen2"])))
-        defs = build_definitions(profile)
-        graph = defs.resolve_asset_graph()
-        selection = dg.AssetSelection.assets(SWEEP).upstream().resolve(graph)
-        waves = plan_waves(defs, selection)
+        defs = build_definitions(tiny_profile(tmp, tiny_dirs["qwen2"]))
+        selection = dg.AssetSelection.assets(SWEEP).upstream().resolve(defs.resolve_asset_graph())
         with dg.DagsterInstance.get() as instance:
-            results = [run_wave(defs, wave, instance) for wave in waves]
-        yield {"defs": defs, "waves": waves, "results": results, "home": home}
+            waves = run_waves(defs, selection, instance)
+        yield {"defs": defs, "waves": waves, "home": home}
 
 
-@pytest.mark.slow
 def test_instance_uses_postgres_storage(pg, materialized, monkeypatch):
     from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
@@ -204,10 +185,8 @@ def test_instance_uses_postgres_storage(pg, materialized, monkeypatch):
     assert pg.env["DAGSTER_PG_PASSWORD"] not in text
 
 
-@pytest.mark.slow
 def test_runs_and_range_run_in_postgres(pg, materialized, monkeypatch):
     waves, defs = materialized["waves"], materialized["defs"]
-    assert all(materialized["results"]), materialized["results"]
     keys = defs.resolve_asset_graph().get(SWEEP).partitions_def.get_partition_keys()
     for key, val in {**pg.env, "DAGSTER_HOME": str(materialized["home"])}.items():
         monkeypatch.setenv(key, val)

@@ -1,16 +1,24 @@
-"""Progress of long generations: throttled lines (rows done, tok/s, ETA) from ``GenerationStore.run`` to a log
-callback such as Dagster's ``context.log.info``."""
+"""Progress of long generations: throttled lines (rows done, tok/s, ETA) from ``GenerationStore.run`` to
+a log callback such as Dagster's ``context.log.info``."""
 
 from __future__ import annotations
 
 import re
 
 import polars as pl
+import pytest
 
 from bt_assets.lib.engine import SamplingConfig
 from bt_assets.lib.generation import Cell, GenerationStore
 from bt_assets.lib.progress import ProgressLog
-from bt_assets_tests.conftest import EOS_ID, tiny_model
+from bt_assets_tests.conftest import (
+    EOS_ID,
+    PHASE1_GENERATION,
+    run_waves,
+    tiny_model,
+    tiny_profile,
+    tmp_instance,
+)
 
 
 class Clock:
@@ -49,6 +57,7 @@ def test_no_callback_no_lines():
     assert log.lines == 0 and log.rows_now == 4
 
 
+@pytest.mark.slow
 def test_store_run_reports_progress(tmp_path, demo_tokenizer):
     prompts = pl.DataFrame(
         {
@@ -93,23 +102,18 @@ def test_store_run_reports_progress(tmp_path, demo_tokenizer):
     assert not lines and all(r.new_rows == 0 for r in again.values())
 
 
+@pytest.mark.slow
 def test_generation_asset_logs_progress_and_throughput(tmp_path, tiny_dirs):
-    """The phase-1 generation asset passes its run log to ``GenerationStore.run``: progress lines land in the
-    Dagster run's event log, and each cell's materialization carries its throughput."""
+    """The phase-1 generation asset passes its run log to ``GenerationStore.run``: progress lines land in
+    the Dagster run's event log, and each cell's materialization carries its throughput."""
     import dagster as dg
 
-    from bt_assets.config import load_profile
     from bt_assets.definitions import build_definitions
-    from bt_assets.launch import plan_waves, run_wave
-    from bt_assets_tests.conftest import write_profile
 
-    profile = load_profile(str(write_profile(tmp_path, tiny_dirs["qwen2"])))
-    defs = build_definitions(profile)
+    defs = build_definitions(tiny_profile(tmp_path, tiny_dirs["qwen2"]))
     gens = dg.AssetKey("phase1_generations")
-    (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
-        for wave in plan_waves(defs, {dg.AssetKey("problems"), dg.AssetKey("prompts"), gens}):
-            assert run_wave(defs, wave, instance)
+    with tmp_instance(tmp_path) as instance:
+        run_waves(defs, PHASE1_GENERATION, instance)
         records = instance.fetch_materializations(gens, limit=100).records
         run_id = records[0].event_log_entry.run_id
         messages = [e.user_message for e in instance.all_logs(run_id)]

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import dagster as dg
+import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
 from bt_assets.partitions import sweep_partitions
-from bt_assets_tests.conftest import write_profile
+from bt_assets_tests.conftest import tiny_profile, tmp_instance
+
+pytestmark = pytest.mark.slow  # a Dagster instance
 
 KEY = dg.AssetKey("sweep_generations")
 
@@ -22,12 +24,11 @@ def evaluate(defs: dg.Definitions, instance: dg.DagsterInstance):
 
 
 def test_schedule_requests_one_run_for_missing_cells(tmp_path, tiny_dirs):
-    profile = load_profile(str(write_profile(tmp_path, tiny_dirs["qwen2"])))
+    profile = tiny_profile(tmp_path, tiny_dirs["qwen2"])
     defs = build_definitions(profile)
     keys = sweep_partitions(profile).get_partition_keys()
     assert defs.resolve_schedule_def("sweep_fill_schedule").default_status == dg.DefaultScheduleStatus.STOPPED
-    (tmp_path / "home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
+    with tmp_instance(tmp_path) as instance:
         [req] = evaluate(defs, instance)
         assert json.loads(req.tags["bt/missing_cells"]) == keys
         assert (req.tags[ASSET_PARTITION_RANGE_START_TAG], req.tags[ASSET_PARTITION_RANGE_END_TAG]) == (

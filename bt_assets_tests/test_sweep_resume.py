@@ -7,27 +7,31 @@ touches no other cell's files, and ends byte-identical to an uninterrupted run."
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
-import torch
 
 from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
-from bt_assets.launch import plan_waves, run_wave
+from bt_assets.launch import run_wave
 from bt_assets.lib.chunkstore import ChunkStore, file_sha256, safe_name
 from bt_assets.partitions import sweep_partitions
-from bt_assets.resources import HookedModel
-from bt_assets_tests.conftest import EOS_ID, WAIT_IDS, write_profile
+from bt_assets_tests.conftest import (
+    check_record,
+    dagster_env,
+    file_states,
+    kill_script_when,
+    latest_run_metadata,
+    run_waves,
+    tmp_instance,
+    wait_biased_model,
+    write_profile,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 SWEEP = dg.AssetKey("sweep_generations")
 CHECK = dg.AssetCheckKey(SWEEP, "chunks_verify")
 # one problem per chunk: 4 chunks per cell; 10 rows per chunk over the 5 cells, in 2 decode batches
@@ -69,36 +73,11 @@ with dg.DagsterInstance.get() as instance:
 """
 
 
-class Backtracker(HookedModel):
-    """Upstream only: a tiny model biased towards "Wait" and EOS, so Phase 1 finds events to select
-    layers from and stops early. The sweep itself runs the unbiased model, which never stops early."""
-
-    @property
-    def model(self) -> torch.nn.Module:
-        m = super().model
-        if m.lm_head.bias is None:
-            bias = torch.zeros(m.lm_head.out_features)
-            bias[list(WAIT_IDS)], bias[EOS_ID] = 7.0, 4.0
-            m.lm_head.bias = torch.nn.Parameter(bias, requires_grad=False)
-        return m
-
-
 def state(root: Path) -> dict[Path, tuple[int, int, str]]:
     """inode, mtime and sha256 of every chunk and sidecar file under ``root``."""
-    files = [*root.rglob("chunk-*.parquet"), *root.rglob("chunk-*.hooks.json")]
-    return {p: (p.stat().st_ino, p.stat().st_mtime_ns, file_sha256(p)) for p in files}
+    return file_states([*root.rglob("chunk-*.parquet"), *root.rglob("chunk-*.hooks.json")])
 
 
-def latest_run_metadata(instance: dg.DagsterInstance) -> dict[str, dict]:
-    recs = instance.fetch_materializations(SWEEP, limit=100).records
-    return {
-        r.asset_materialization.partition: {k: v.value for k, v in r.asset_materialization.metadata.items()}
-        for r in recs
-        if r.run_id == recs[0].run_id
-    }
-
-
-@pytest.mark.slow
 def test_sweep_kill_resume_equals_uninterrupted(tmp_path, tiny_dirs):
     prof_path = write_profile(tmp_path, tiny_dirs["llama"], extra=GEN)
     profile = load_profile(str(prof_path))
@@ -106,32 +85,19 @@ def test_sweep_kill_resume_equals_uninterrupted(tmp_path, tiny_dirs):
     sweep_root = storage / "sweep_generations"
     keys = sweep_partitions(profile).get_partition_keys()
     n_chunks = profile.phase2.n_problems  # one problem per chunk
-    home = tmp_path / "home"
-    home.mkdir()
 
-    # upstream on the same instance and storage (the biased model only changes what Phase 1 samples)
-    up = build_definitions(profile, model=Backtracker(profile=profile.source))
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
-        for wave in plan_waves(up, {dg.AssetKey(k) for k in UPSTREAM}):
-            assert run_wave(up, wave, instance), wave
+    # upstream on the same instance and storage, with a model biased towards "Wait" and EOS so Phase 1
+    # finds events to select layers from (it only changes what Phase 1 samples); the sweep itself runs
+    # the unbiased model, which never stops early
+    up = build_definitions(profile, model=wait_biased_model(profile.source))
+    with tmp_instance(tmp_path) as instance:
+        run_waves(up, UPSTREAM, instance)
     upstream_files = {p: p.stat().st_mtime_ns for p in storage.glob("*.*")}
 
     # 1. SIGKILL the all-cells run in the middle of chunk 1
-    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(ROOT), "BT_PROFILE": str(prof_path)}
     signal_file = tmp_path / "kill-me-now"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, str(prof_path), str(signal_file)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not signal_file.exists():
-        time.sleep(0.05)
-    assert proc.poll() is None and signal_file.exists(), "the sweep run ended before reaching chunk 1"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    env = dagster_env(tmp_path / "home", prof_path)
+    kill_script_when(SCRIPT, [str(prof_path), str(signal_file)], env, signal_file.exists, timeout=300)
 
     before = state(sweep_root)
     done = {p for p in before if p.suffix == ".parquet"}
@@ -158,10 +124,10 @@ def test_sweep_kill_resume_equals_uninterrupted(tmp_path, tiny_dirs):
 
     # 3. resume in-process: one run over all cells, reusing what finished
     defs = build_definitions(profile)
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with tmp_instance(tmp_path) as instance:
         assert run_wave(defs, [SWEEP], instance)
-        meta = latest_run_metadata(instance)
-        check = instance.event_log_storage.get_latest_asset_check_execution_by_key([CHECK])[CHECK]
+        meta = latest_run_metadata(instance, SWEEP)
+        check = check_record(instance, CHECK)
         assert check.evaluation.passed and check.evaluation.metadata["cells_checked"].value == len(keys)
     after = state(sweep_root)
 
@@ -180,9 +146,9 @@ def test_sweep_kill_resume_equals_uninterrupted(tmp_path, tiny_dirs):
 
     # 4. an uninterrupted run of every cell produces byte-identical chunks
     shutil.move(sweep_root, storage / "sweep_resumed")
-    with dg.instance_for_test(temp_dir=str(home)) as instance:
+    with tmp_instance(tmp_path) as instance:
         assert run_wave(defs, [SWEEP], instance)
-        assert all(m["chunks_reused"] == 0 for m in latest_run_metadata(instance).values())
+        assert all(m["chunks_reused"] == 0 for m in latest_run_metadata(instance, SWEEP).values())
     resumed, fresh = storage / "sweep_resumed", sweep_root
     chunks = sorted(p.relative_to(fresh) for p in fresh.rglob("chunk-*.parquet"))
     assert len(chunks) == len(keys) * n_chunks

@@ -10,6 +10,7 @@ from bt_assets.lib import teacher
 from bt_assets.lib.hooks import decoder_layers
 from bt_assets_tests.conftest import tiny_model
 
+pytestmark = pytest.mark.slow  # every test loads a tiny model
 TOL = 1e-4  # fp32: the cached one-position step and a full forward differ only in summation order
 
 
