@@ -224,14 +224,25 @@ def file_states(paths: Iterable[Path]) -> dict[Path, tuple[int, int, str]]:
 
 
 def dagster_env(home: Path, profile: Path | str, **extra: str) -> dict[str, str]:
-    """The environment of a Dagster process on DAGSTER_HOME ``home`` and BT_PROFILE ``profile``."""
+    """The environment of a Dagster process on DAGSTER_HOME ``home`` and BT_PROFILE ``profile``; the
+    second code location (the original run) writes under ``home``, never into the repository."""
     return {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "BT_PROFILE": str(profile),
+        "BT_ORIGINAL_PROFILE": str(original_run_profile(Path(home) / "original_run")),
         "PYTHONPATH": str(ROOT),
         **extra,
     }
+
+
+def original_run_profile(out: Path) -> Path:
+    """The shipped original run's profile with every output under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "original_run.yaml"
+    paths = ", ".join(f'{k}: "{out / k}"' for k in ("storage", "figures", "reports"))
+    path.write_text(f"extends: original_run\npaths: {{{paths}}}\n")
+    return path
 
 
 def kill_script_when(

@@ -1,5 +1,6 @@
 """The Dagster UI in a real browser (Debian's chromium driven by Playwright; no downloaded browser build):
-the asset graph, a figure asset's inline preview and its upstream lineage, and a materialization launched
+the asset graph, a figure asset's inline preview and its upstream lineage, the re-analysed original run's
+figure with its lineage to the imported events (second code location), and a materialization launched
 by clicking "Materialize" that runs to success.
 
 Screenshots go to the test's tmp dir and to ``.test-artifacts/browser/`` (git-ignored). Without chromium the
@@ -26,6 +27,8 @@ FIGURE = "fig_logit_lens"
 # upstream of the figure: logit_lens <- event_sample <- baseline_events <- phase1_generations <- prompts
 # <- problems, and logit_lens <- prompts
 UPSTREAM = ["logit_lens", "event_sample", "baseline_events", "phase1_generations", "prompts", "problems"]
+ORIGINAL_FIGURE = "original_run/fig_accuracy_by_bt"  # the second code location's figure
+ORIGINAL_UPSTREAM = ["fig_accuracy_by_bt", "metrics_corrected", "phase1_events", "problems"]
 RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) {
   ... on Run { status assetSelection { path } assetMaterializations { assetKey { path } } } } }"""
 UI_TIMEOUT_MS = 60_000
@@ -186,21 +189,31 @@ def check_ui(bt_server: DagsterServer, page) -> None:
         assert inside(node, frame), f"lineage node {key} is off screen"
     snap(page, "03_upstream_lineage")
 
-    # 4. "Materialize" on a small asset launches a run (queued, then run by the daemon) that succeeds
+    # 4. the second code location: an original-run figure's upstream lineage back to the imported events
+    page.goto(f"{bt_server.url}/assets/{ORIGINAL_FIGURE}?view=lineage")
+    page.get_by_role("button", name="Upstream").click()
+    page.get_by_role("button", name="All", exact=True).click()
+    graph = page.locator("foreignObject")
+    for key in ORIGINAL_UPSTREAM:  # a node shows its key (``original_run/<name>``) or just the name
+        node = graph.get_by_text(re.compile(rf"(^|/){key}$")).filter(visible=True).first
+        expect(node, f"original run: {key}").to_be_visible()
+    snap(page, "04_original_run_lineage")
+
+    # 5. "Materialize" on a small asset launches a run (queued, then run by the daemon) that succeeds
     page.goto(f"{bt_server.url}/assets/problems")
     materialize = page.get_by_role("button").filter(has_text=re.compile(r"^\s*Materialize\s*$"))
     expect(materialize).to_be_enabled()
     materialize.click()
     toast = page.get_by_text(re.compile(r"Launched run"))
     expect(toast).to_be_visible()
-    snap(page, "04_materialize_launched")
+    snap(page, "05_materialize_launched")
     page.get_by_role("link", name="View", exact=True).click()
     expect(page).to_have_url(re.compile(r"/runs/[0-9a-f-]{36}"))
     run_id = re.search(r"/runs/([0-9a-f-]{36})", page.url).group(1)
     status = page.get_by_text(re.compile(r"^(Success|Failure|Canceled)$"))
     expect(status).to_be_visible(timeout=RUN_TIMEOUT_MS)
     expect(status).to_have_text("Success")
-    snap(page, "05_run_success")
+    snap(page, "06_run_success")
 
     run = bt_server.gql(RUN_STATUS, {"id": run_id})["runOrError"]
     assert run["status"] == "SUCCESS", run

@@ -45,7 +45,7 @@ def figure_asset(profile: Profile, spec: FigureSpec) -> dg.AssetsDefinition:
     )
     def _figure(**inputs: object) -> dg.MaterializeResult:
         path = plots.save(spec.draw(**inputs), profile.path("figures") / f"{spec.name}.png")
-        preview = dg.MetadataValue.md(plots.preview_markdown(path, spec.name))
+        preview = dg.MetadataValue.md(plots.preview_markdown(path, f"fig_{spec.name}"))
         return w.materialized(profile, path=dg.MetadataValue.path(str(path)), preview=preview)
 
     return _figure
