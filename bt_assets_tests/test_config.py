@@ -94,3 +94,31 @@ def test_every_figure_lineage_reaches_problems():
                 seen.add(k)
                 todo += list(graph.get(k).parent_keys)
         assert dg.AssetKey("problems") in seen, key
+
+
+def test_jobs_cover_every_asset_once_by_phase():
+    """The phase jobs select stages by group and the figures/reports by their ``bt/phase`` tag: every
+    unpartitioned asset is in exactly one phase job, and each phase's report is in its own."""
+    from bt_assets.definitions import build_definitions
+
+    defs = build_definitions(load_profile("demo"))
+    graph = defs.resolve_asset_graph()
+    jobs = {j.name: {k for k in j.asset_layer.selected_asset_keys} for j in defs.resolve_all_job_defs()}
+    phase1, phase2 = jobs["phase1_job"], jobs["phase2_job"]
+    unpartitioned = {k for k in graph.materializable_asset_keys if graph.get(k).partitions_def is None}
+    assert phase1 | phase2 == unpartitioned and not phase1 & phase2
+    assert dg.AssetKey("phase1_report") in phase1 and dg.AssetKey("phase2_report") in phase2
+    assert dg.AssetKey("fig_phase2_baseline_summary") in phase2  # Phase-1 inputs, a Phase-2 figure
+
+
+def test_engine_option_keys_override_the_device_defaults(tmp_path):
+    import torch
+
+    from bt_assets.assets.wiring import engine_options
+
+    prof = load_profile(write(tmp_path, "extends: demo\ngeneration: {min_decode_rows: 1}\n"))
+    cpu = engine_options(prof, torch.device("cpu"))
+    assert cpu.min_decode_rows == 1 and cpu.eos_check_every == 1 and cpu.row_exact_attention
+    assert engine_options(load_profile("demo"), torch.device("cpu")).min_decode_rows == 16
+    with pytest.raises(ConfigError, match="generation.eos_check_every"):
+        load_profile(write(tmp_path, "extends: demo\ngeneration: {eos_check_every: 0}\n", "bad.yaml"))

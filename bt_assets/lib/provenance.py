@@ -20,25 +20,19 @@ def code_version() -> str:
     if env:
         return env
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
-            cwd=REPO_ROOT,
-            text=True,
-            capture_output=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            text=True,
-            capture_output=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        sha = _git("rev-parse", "--short=12", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}+dirty" if dirty else sha
+
+
+def _git(*args: str) -> str:
+    """Output of a git command in the repository (raises on failure or after 10 s)."""
+    done = subprocess.run(
+        ["git", *args], cwd=REPO_ROOT, text=True, capture_output=True, check=True, timeout=10
+    )
+    return done.stdout.strip()
 
 
 def hardware() -> str:
