@@ -44,8 +44,10 @@ def main() -> int:
                     imports.append(f"{path.stem}: from {node.module} import {', '.join(names)}")
     modules = {p: len(p.read_text().splitlines()) for p in (ROOT / "bt_assets").rglob("*.py")}
     largest = max(modules, key=modules.get)
-    print(f"asset/check bodies: {len(sizes)}, median {statistics.median(sizes.values())} lines, "
-          f"max {max(sizes.values())} ({max(sizes, key=sizes.get)})")
+    print(
+        f"asset/check bodies: {len(sizes)}, median {statistics.median(sizes.values())} lines, "
+        f"max {max(sizes.values())} ({max(sizes, key=sizes.get)})"
+    )
     print(f"largest module: {largest.relative_to(ROOT)} ({modules[largest]} lines)")
     print("asset modules importing another asset module (other than wiring):", imports or "none")
     return 0
