@@ -9,7 +9,6 @@ from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
 from bt_assets.lib import onset_analysis as onset
 from bt_assets.lib import selection
-from bt_assets.resources import HookedModel
 
 
 def build(profile: Profile) -> list:
@@ -29,7 +28,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset(**w.gpu_asset(profile, "analysis"))
     def logit_lens(
-        model: HookedModel, event_sample: pl.DataFrame, prompts: pl.DataFrame
+        model: w.HookedModel, event_sample: pl.DataFrame, prompts: pl.DataFrame
     ) -> dg.MaterializeResult[pl.DataFrame]:
         """Per layer: the onset token's logit and log-prob from the residual stream (final norm +
         unembedding), BT events vs position-matched controls, with mean, std and 95% interval."""
@@ -42,7 +41,7 @@ def build(profile: Profile) -> list:
     @dg.asset(**w.gpu_asset(profile, "analysis"))
     def ablation_scan(
         context: dg.AssetExecutionContext,
-        model: HookedModel,
+        model: w.HookedModel,
         event_sample: pl.DataFrame,
         prompts: pl.DataFrame,
     ) -> dg.MaterializeResult[pl.DataFrame]:

@@ -8,7 +8,6 @@ from bt_assets.config import Profile, resolve_path
 from bt_assets.lib import problems as problems_lib
 from bt_assets.lib.prompts import identical_variant_pairs, prompt_table, tokens_by_variant
 from bt_assets.lib.synthetic import synthetic_problems
-from bt_assets.resources import HookedModel
 
 
 def build(profile: Profile) -> list:
@@ -27,7 +26,7 @@ def build(profile: Profile) -> list:
         return w.materialized(profile, df, source=ds.source, n=df.height, preview=preview)
 
     @dg.asset(**w.cpu_asset("data"))
-    def prompts(model: HookedModel, problems: pl.DataFrame) -> dg.MaterializeResult[pl.DataFrame]:
+    def prompts(model: w.HookedModel, problems: pl.DataFrame) -> dg.MaterializeResult[pl.DataFrame]:
         """Exact prompt text per (variant, problem) with its token count and hash."""
         df = prompt_table(
             problems, w.variants(profile), w.prompt_style(profile), model.tokenizer, profile.model.add_bos

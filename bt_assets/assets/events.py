@@ -10,8 +10,6 @@ import polars as pl
 from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
 from bt_assets.lib.cells import baseline_cells
-from bt_assets.partitions import ablation_keys, phase1_keys
-from bt_assets.resources import HookedModel
 
 BT_COUNTS = {"bt_seed": "has_backtracking_strict", "bt_corrected": "has_backtracking_strict_corrected"}
 
@@ -20,14 +18,14 @@ def build(profile: Profile) -> list:
     samples = profile.generation.samples_per_prompt
     base_store = w.store(profile, "phase1_generations", samples)
     abl_store = w.store(profile, "ablation_generations", samples)
-    abl_keys = ablation_keys(profile)
+    abl_keys = w.ablation_keys(profile)
 
     @dg.asset(**w.cpu_asset("events", deps=[dg.AssetDep("phase1_generations", partition_mapping=w.ALL)]))
     def baseline_events(
-        model: HookedModel, problems: pl.DataFrame, prompts: pl.DataFrame
+        model: w.HookedModel, problems: pl.DataFrame, prompts: pl.DataFrame
     ) -> dg.MaterializeResult[pl.DataFrame]:
         """Detection (strict/relaxed onset, token position) and grading of every baseline completion."""
-        gens = base_store.read(baseline_cells(prompts, phase1_keys(profile)))
+        gens = base_store.read(baseline_cells(prompts, w.phase1_keys(profile)))
         df = w.events_of(profile, model, gens, prompts, problems)
         bt = {k: int(df[c].sum()) for k, c in BT_COUNTS.items()}
         modes = {"detection_mode": profile.detection.mode, "grading_mode": profile.grading.mode}
@@ -37,7 +35,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset(**w.cpu_asset("events", deps=abl_deps))
     def phase1_events(
-        model: HookedModel,
+        model: w.HookedModel,
         problems: pl.DataFrame,
         prompts: pl.DataFrame,
         baseline_events: pl.DataFrame,

@@ -11,19 +11,17 @@ import polars as pl
 from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
 from bt_assets.lib.cells import baseline_cells
-from bt_assets.partitions import ablation_keys, phase1_keys, phase1_partitions
-from bt_assets.resources import HookedModel
 
 
 def build(profile: Profile) -> list:
     samples = profile.generation.samples_per_prompt
     base_store = w.store(profile, "phase1_generations", samples)
     abl_store = w.store(profile, "ablation_generations", samples)
-    abl_keys = ablation_keys(profile)
+    abl_keys = w.ablation_keys(profile)
 
-    @dg.asset(**w.cells_asset(profile, "generation", phase1_partitions(profile)))
+    @dg.asset(**w.cells_asset(profile, "generation", w.phase1_partitions(profile)))
     def phase1_generations(
-        context: dg.AssetExecutionContext, model: HookedModel, prompts: pl.DataFrame
+        context: dg.AssetExecutionContext, model: w.HookedModel, prompts: pl.DataFrame
     ) -> dg.MaterializeResult:
         """Sampled baseline completions per (variant, condition) cell: tokens, true length, finish reason."""
         cells = baseline_cells(prompts, list(context.partition_keys))
@@ -31,7 +29,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset_check(**w.chunks_check(phase1_generations, "prompts"))
     def phase1_chunks_verify(context: dg.AssetCheckExecutionContext, prompts: pl.DataFrame):
-        return w.verify_cells(context, base_store, baseline_cells(prompts, phase1_keys(profile)))
+        return w.verify_cells(context, base_store, baseline_cells(prompts, w.phase1_keys(profile)))
 
     if not abl_keys:
         return [phase1_generations, phase1_chunks_verify]
@@ -39,7 +37,7 @@ def build(profile: Profile) -> list:
     @dg.asset(**w.cells_asset(profile, "generation", dg.StaticPartitionsDefinition(abl_keys)))
     def ablation_generations(
         context: dg.AssetExecutionContext,
-        model: HookedModel,
+        model: w.HookedModel,
         prompts: pl.DataFrame,
         selected_layers: dict,
         random_layers: dict,

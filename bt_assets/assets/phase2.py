@@ -12,13 +12,11 @@ from bt_assets.lib.cells import sweep_cell
 from bt_assets.lib.hooks import HookState
 from bt_assets.lib.prompts import prompt_table
 from bt_assets.lib.sweeps import check_layers, subset_components
-from bt_assets.partitions import sweep_cell_list, sweep_partitions
-from bt_assets.resources import HookedModel
 
 
 def build(profile: Profile) -> list:
     p2 = profile.phase2
-    sweep = sweep_cell_list(profile)
+    sweep = w.sweep_cell_list(profile)
     subsets = {s.name: s for s in p2.subsets}
     gen_store = w.store(profile, "sweep_generations", p2.samples_per_prompt)
     all_cells_dep = [dg.AssetDep("sweep_generations", partition_mapping=w.ALL)]
@@ -28,7 +26,7 @@ def build(profile: Profile) -> list:
         return [sweep_cell(c, subsets, selected, profile.phase2_variant, prompts) for c in chosen]
 
     @dg.asset(**w.cpu_asset("phase2"))
-    def sweep_prompts(model: HookedModel, problems: pl.DataFrame) -> dg.MaterializeResult[pl.DataFrame]:
+    def sweep_prompts(model: w.HookedModel, problems: pl.DataFrame) -> dg.MaterializeResult[pl.DataFrame]:
         """Phase-2 prompts: the first ``phase2.n_problems`` problems in the Phase-1 format of the sweep
         variant (system prompt kept by default: the original dropped it, B11)."""
         style = w.prompt_style(profile, system_prompt=p2.use_system_prompt)
@@ -38,10 +36,10 @@ def build(profile: Profile) -> list:
         meta = {"variant": profile.phase2_variant, "system_prompt": p2.use_system_prompt}
         return w.materialized(profile, df, rows=df.height, **meta)
 
-    @dg.asset(**w.cells_asset(profile, "phase2", sweep_partitions(profile)))
+    @dg.asset(**w.cells_asset(profile, "phase2", w.sweep_partitions(profile)))
     def sweep_generations(
         context: dg.AssetExecutionContext,
-        model: HookedModel,
+        model: w.HookedModel,
         sweep_prompts: pl.DataFrame,
         selected_layers: dict,
     ) -> dg.MaterializeResult:
@@ -61,7 +59,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset(**w.cpu_asset("phase2", deps=all_cells_dep))
     def sweep_events(
-        model: HookedModel, problems: pl.DataFrame, sweep_prompts: pl.DataFrame, selected_layers: dict
+        model: w.HookedModel, problems: pl.DataFrame, sweep_prompts: pl.DataFrame, selected_layers: dict
     ) -> dg.MaterializeResult[pl.DataFrame]:
         """Detection and grading of every sweep completion, each against ITS OWN problem's gold (B6),
         with the sampled token ids (the scale-1.0 check compares them)."""
@@ -122,7 +120,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset(**w.gpu_asset(profile, "phase2"))
     def continuation_ablation(
-        model: HookedModel, event_sample: pl.DataFrame, prompts: pl.DataFrame, selected_layers: dict
+        model: w.HookedModel, event_sample: pl.DataFrame, prompts: pl.DataFrame, selected_layers: dict
     ) -> dg.MaterializeResult[pl.DataFrame]:
         """Teacher-forced at the onset prediction position: P(onset token) and its logit clean and with
         the subset scaled at that position only, per scale; the top tokens after ablation and whether a

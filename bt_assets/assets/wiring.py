@@ -2,8 +2,8 @@
 (generation store, sampling, detector, prompt style) and gives every asset the same decorator
 arguments and the same way of reporting a materialization (``materialized``: provenance + metadata).
 
-Asset modules import ``bt_assets.lib``, ``bt_assets.config``, ``bt_assets.partitions`` and this
-module; never each other.
+Asset modules import ``bt_assets.lib``, ``bt_assets.config`` and this module (which also hands them the
+model resource's type and the partition keys); never each other.
 """
 
 from __future__ import annotations
@@ -25,7 +25,23 @@ from bt_assets.lib.generation import Cell, CellReport, GenerationStore
 from bt_assets.lib.hooks import HookState, decoder_layers
 from bt_assets.lib.prompts import PromptStyle, Variant
 from bt_assets.lib.provenance import code_version, hardware, software
-from bt_assets.resources import HookedModel
+from bt_assets.partitions import (  # re-exported: the partition keys of the generation assets
+    ablation_keys,
+    phase1_keys,
+    phase1_partitions,
+    sweep_cell_list,
+    sweep_partitions,
+)
+from bt_assets.resources import HookedModel  # re-exported: the model resource's type for asset parameters
+
+__all__ = [
+    "HookedModel",
+    "ablation_keys",
+    "phase1_keys",
+    "phase1_partitions",
+    "sweep_cell_list",
+    "sweep_partitions",
+]
 
 ALL = dg.AllPartitionMapping()  # an unpartitioned asset that reads every cell of a partitioned one
 NO_VALUE: Any = object()  # ``materialized`` without a stored value
