@@ -64,7 +64,7 @@ def test_deep_merge_replaces_lists():
     assert deep_merge({"a": {"b": 1, "c": [1]}}, {"a": {"c": [2]}}) == {"a": {"b": 1, "c": [2]}}
 
 
-@pytest.mark.parametrize("name", ["demo", "paper"])
+@pytest.mark.parametrize("name", ["demo", "paper", "study"])
 def test_definitions_resolve_every_job(name):
     """Every job, schedule and check resolves (a job mixing partitions definitions fails only here,
     not at import, and would break the code location in the webserver)."""
@@ -122,3 +122,56 @@ def test_engine_option_keys_override_the_device_defaults(tmp_path):
     assert engine_options(load_profile("demo"), torch.device("cpu")).min_decode_rows == 16
     with pytest.raises(ConfigError, match="generation.eos_check_every"):
         load_profile(write(tmp_path, "extends: demo\ngeneration: {eos_check_every: 0}\n", "bad.yaml"))
+
+
+class R1Chat:
+    """DeepSeek-R1-Distill's chat template reduced to a single user turn: BOS, any system text,
+    ``<｜User｜>`` + message, ``<｜Assistant｜>``, then ``<think>\\n`` when ``opens_think`` (the hub's
+    template has appended it since a February 2025 update; earlier revisions stop at the marker)."""
+
+    def __init__(self, opens_think: bool):
+        self.opens_think = opens_think
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        system = "".join(m["content"] for m in messages if m["role"] == "system")
+        user = "".join("<｜User｜>" + m["content"] for m in messages if m["role"] == "user")
+        end = "<｜Assistant｜>" + ("<think>\n" if self.opens_think else "") if add_generation_prompt else ""
+        return "<｜begin▁of▁sentence｜>" + system + user + end
+
+
+def test_study_profile_is_paper_in_the_models_recommended_use():
+    """``study`` loads offline: paper's model, problems, analysis, ablations and sweeps; T 0.6, top-p 0.95,
+    4096 new tokens, no system prompt in either phase, the boxed instruction in the user turn and the
+    assistant turn opened with "<think>\\n" exactly once, whichever chat-template revision renders it."""
+    from bt_assets.assets.wiring import prompt_style, variants
+    from bt_assets.lib.prompts import render_prompt
+
+    study, paper = load_profile("study"), load_profile("paper")
+    assert (
+        study.extends == "paper"
+        and study.model.id == paper.model.id == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    )
+    assert study.model.identity() == {**paper.model.identity(), "add_bos": False}  # the template writes BOS
+    for section in ("dataset", "analysis", "ablation", "phase1", "detection", "grading"):
+        assert getattr(study, section) == getattr(paper, section), section
+    assert (
+        study.phase2.subsets == paper.phase2.subsets and study.phase2.scale_sweep == paper.phase2.scale_sweep
+    )
+    g = study.generation
+    assert (g.temperature, g.top_p, g.max_new_tokens, g.samples_per_prompt) == (0.6, 0.95, 4096, 6)
+    assert study.prompting.system_prompt is None and not study.phase2.use_system_prompt
+    assert study.prompting.chat_template and study.variant_names == ["baseline_think_newline"]
+    # paper keeps the original's settings
+    pg, pp = paper.generation, paper.prompting
+    assert (pg.temperature, pg.max_new_tokens, paper.phase2.use_system_prompt) == (0.7, 512, True)
+    assert pp.system_prompt == "You are a helpful assistant." and not pp.chat_template
+
+    q = "Tom has 3 boxes of 4 apples. How many apples?"
+    instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+    expected = f"<｜begin▁of▁sentence｜><｜User｜>{q}\n{instruction}<｜Assistant｜><think>\n"
+    [variant] = variants(study)
+    for phase1_or_2 in (True, study.phase2.use_system_prompt):  # the prompts / sweep_prompts assets' styles
+        style = prompt_style(study, system_prompt=phase1_or_2)
+        assert style.system_prompt is None
+        for opens_think in (True, False):
+            assert render_prompt(q, variant, style, R1Chat(opens_think)) == expected

@@ -307,3 +307,43 @@ def test_lift_flag_is_unset_with_too_few_bt_events(regraded):
     h = M.corrected_metrics(few, VARIANTS, CONDITIONS, regraded=True, seed=0, n_boot=200)["headline"]
     assert h["lift_interval_excludes_1"] is None
     assert h["evidence"]["bt_events"] == 3 and h["evidence"]["min_events"] == 5
+
+
+# --- problem-clustered intervals on the reference import (issue 13, item 1) ----------------------------
+
+
+def test_baseline_bt_rate_interval_is_clustered_by_problem(events):
+    """3600 baseline rows of 200 problems (18 per problem: 3 variants x 6 samples): the bootstrap over
+    problems gives about 4.9 points where Wilson, treating rows as independent, gives 3.0."""
+    from bt_assets.lib.rates import rate_row
+    from bt_assets.lib.stats import wilson
+
+    base = events.filter(pl.col("condition") == "baseline")
+    w_lo, w_hi = wilson(2452, 3600)
+    assert 2.9 < 100 * (w_hi - w_lo) < 3.1
+    for seed in (0, 42):
+        r = rate_row(base, seed=seed)
+        assert (r["n"], r["n_problems"], r["bt_count"]) == (3600, 200, 2452)
+        assert 4.3 < 100 * (r["bt_rate_hi"] - r["bt_rate_lo"]) < 5.5
+        assert r["bt_rate_lo"] < 0.681 < r["bt_rate_hi"]
+        assert rate_row(base, seed=seed) == r  # deterministic for a seed
+
+
+def test_corrected_metrics_rates_use_the_bootstrap_over_problems(corrected, regraded):
+    from bt_assets.lib.rates import bt_accuracy_summary
+
+    bt = corrected["overall"]["backtracking"]
+    lo, hi = bt["ci95"]
+    assert 4.3 < 100 * (hi - lo) < 5.5 and lo < bt["rate"] < hi
+    methods = corrected["interval_methods"]
+    assert methods["rates"] == "95% percentile bootstrap over problems (example_id), 2000 replicates, seed 0"
+    assert methods["note"] == "95% intervals: percentile bootstrap over problems (2000 replicates, seed 0)"
+    # the figure rows and the JSON blocks give the same intervals for the same rows and seed
+    s = bt_accuracy_summary(regraded.filter(pl.col("condition") == "baseline"), seed=0)["summary"]
+    o = corrected["overall"]
+    assert [s["bt_rate_lo"], s["bt_rate_hi"]] == o["backtracking"]["ci95"]
+    assert [s["acc_with_bt_lo"], s["acc_with_bt_hi"]] == o["accuracy_with_backtracking"]["ci95"]
+    assert [s["lift_lo"], s["lift_hi"]] == o["accuracy_lift"]["ci95"]
+    # a condition with very few BT rows still has a finite interval containing its rate
+    few = corrected["by_condition"]["targeted_ablation"]["accuracy_with_backtracking"]
+    assert few["n"] == 34 and few["ci95"][0] <= few["rate"] <= few["ci95"][1]

@@ -1,8 +1,9 @@
 """Event sampling and position-matched controls (B7, B8, B19), pooled over variants."""
 
 import polars as pl
+import pytest
 
-from bt_assets.lib.selection import match_controls, sample_events
+from bt_assets.lib.selection import match_controls, random_layers, sample_events
 
 
 def rows(variants: list[str], problems: int, samples: int, **cols) -> pl.DataFrame:
@@ -52,3 +53,20 @@ def test_controls_match_position_and_carry_their_own_variant():
     assert 0 not in ctl["control_example_id"].to_list()  # 3 tokens: too short for an onset at 5+ (B7)
     assert ctl["pred_pos"].to_list() == [20 + k - 1 for k in ctl["offset"]]
     assert ctl["target"].to_list() == [100, 101, 102, 103]  # scored on the event's token (B8)
+
+
+def test_random_layers_draw_from_the_whole_model():
+    """Layers selected from a scanned subset (late layers only): the controls come from every other layer
+    of the model, deterministically per seed, shape-matched, never a selected layer."""
+    selected = {"attn": [27, 25], "mlp": [26]}
+    sets = random_layers(selected, 28, [999, 1000])
+    assert sets == random_layers(selected, 28, [999, 1000]) and list(sets) == ["999", "1000"]
+    drawn = [layer for s in sets.values() for layers in s.values() for layer in layers]
+    assert all(0 <= layer < 25 for layer in drawn)
+    assert all({c: len(v) for c, v in s.items()} == {"attn": 2, "mlp": 1} for s in sets.values())
+    pooled = {
+        layer for s in random_layers(selected, 28, range(40)).values() for v in s.values() for layer in v
+    }
+    assert pooled == set(range(25))  # every unselected layer can be drawn, not only the scanned window
+    with pytest.raises(ValueError, match="outside a 20-layer model"):
+        random_layers(selected, 20, [1])  # a count below the selection's layers is an error

@@ -66,10 +66,12 @@ def build(profile: Profile) -> list:
         return w.materialized(profile, sel, **meta)
 
     @dg.asset(**w.cpu_asset("analysis"))
-    def random_layers(ablation_scan: pl.DataFrame, selected_layers: dict) -> dg.MaterializeResult[dict]:
-        """Shape-matched random layer sets from the non-selected layers, one per configured seed."""
-        n_layers = int(ablation_scan["layer"].max()) + 1
+    def random_layers(model: w.HookedModel, selected_layers: dict) -> dg.MaterializeResult[dict]:
+        """Shape-matched random layer sets from the non-selected layers of the WHOLE model (not only the
+        scanned ``analysis.layers``), one per configured seed. The layer count is ``model.num_layers``
+        when the profile sets it (the weights are not loaded), else the loaded model's decoder layers."""
+        n_layers = profile.model.num_layers or w.n_layers(profile, model)
         out = selection.random_layers(selected_layers, n_layers, profile.ablation.random_seeds)
-        return w.materialized(profile, out, sets=dg.MetadataValue.json(out))
+        return w.materialized(profile, out, n_layers=n_layers, sets=dg.MetadataValue.json(out))
 
     return [event_sample, logit_lens, ablation_scan, selected_layers, random_layers]

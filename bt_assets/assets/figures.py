@@ -55,7 +55,7 @@ def build(profile: Profile) -> list:
     variants, conditions = profile.variant_names, list(profile.phase1.conditions)
 
     def by_variant(events: pl.DataFrame) -> pl.DataFrame:
-        return group_rates(w.baseline(profile, events), "variant", variants)
+        return group_rates(w.baseline(profile, events), "variant", variants, seed=profile.run.seed)
 
     def variant_rates(phase1_events: pl.DataFrame) -> Figure:
         return plots.bt_rate_by_variant(by_variant(phase1_events))
@@ -66,7 +66,7 @@ def build(profile: Profile) -> list:
     def condition_rates(phase1_events: pl.DataFrame) -> Figure:
         view = analysis_view(phase1_events, profile.detection.mode, profile.grading.mode)
         view = view.filter(pl.col("variant") == profile.ablation_variant)
-        return plots.by_condition(group_rates(view, "condition", conditions))
+        return plots.by_condition(group_rates(view, "condition", conditions, seed=profile.run.seed))
 
     def accuracy(metrics_corrected: dict) -> Figure:
         rows = metrics_corrected["figure_rows"]

@@ -30,7 +30,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset(**w.cpu_asset("events"))
     def metrics_corrected(phase1_events: pl.DataFrame) -> dg.MaterializeResult[dict]:
-        """Baseline-only metrics with one accuracy denominator, Wilson and problem-bootstrap intervals,
+        """Baseline-only metrics with one accuracy denominator and intervals bootstrapped over problems,
         beside the original's headline; ``figure_rows`` feed the figures and reports."""
         modes = {
             "detection": "seed_compatible (import)" if imported else det,

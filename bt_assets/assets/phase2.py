@@ -71,12 +71,19 @@ def build(profile: Profile) -> list:
     def sweep_results(
         sweep_events: pl.DataFrame, sweep_prompts: pl.DataFrame, selected_layers: dict
     ) -> dg.MaterializeResult[dict]:
-        """Subset and scale tables: BT rate and accuracy with Wilson intervals, mean length, truncation
-        share, the paired change vs baseline (bootstrap over problems) and the best trade-off."""
+        """Subset and scale tables: BT rate and accuracy, mean length, truncation share, the paired change
+        vs baseline (intervals: bootstrap over problems) and the best trade-off (a significant reduction
+        that keeps accuracy above the floor, or why no cell is one)."""
         n_comp = {c.key: len(c.scales) for c in cells_of(sweep_prompts, selected_layers)}
         modes = (profile.detection.mode, profile.grading.mode)
         out = sweep_stats.sweep_tables(
-            sweep_events, sweep, n_comp, *modes, p2.best_tradeoff_min_accuracy, profile.run.seed
+            sweep_events,
+            sweep,
+            n_comp,
+            *modes,
+            p2.best_tradeoff_min_accuracy,
+            profile.run.seed,
+            profile.analysis.evidence,
         )
         meta = {k: w.table_md(pl.DataFrame(out[k])) for k in ("subset", "scale")}
         return w.materialized(

@@ -40,6 +40,7 @@ def build(profile: Profile) -> list:
         "statistic": profile.analysis.statistic,
         "topk": profile.analysis.topk,
         "event_seed": profile.analysis.event_seed,
+        "seed": profile.run.seed,  # bootstrap over problems
         "original_format": profile.path("storage") / "original_format",
     }
     p1_deps = [f"fig_{n}" for _, n in pages.PHASE1_FIGURES]

@@ -8,9 +8,12 @@ this module corrects them (spec 5.1, B14, B15):
 * ONE accuracy denominator: ``accuracy`` = correct / n (all rows); an answer that cannot be extracted or
   graded (``is_correct`` null) counts as not correct (B15); the same for accuracy with (without)
   backtracking: correct / rows with (without) ``has_backtracking_strict``;
-* intervals: Wilson score 95% for every rate (``ci95: [lo, hi]`` beside ``rate``), and a percentile 95%
-  bootstrap over PROBLEMS (``example_id`` clusters; samples of one problem are correlated) for the
-  accuracy difference (with - without) and lift (with / without), ``ci95`` beside ``estimate``;
+* intervals: a percentile 95% bootstrap over PROBLEMS (``example_id`` clusters; samples of one problem
+  are correlated) for every rate (``ci95: [lo, hi]`` beside ``rate``; a rate of the rows with / without
+  backtracking resamples the problems of those rows) and for the accuracy difference (with - without)
+  and lift (with / without), ``ci95`` beside ``estimate``; ``n_boot`` replicates drawn with the
+  pipeline's seed (same seed, same intervals). A block from a single problem, or a rate of 0 or 1,
+  has a zero-width interval (every replicate gives the estimate), from which no claim is made;
 * a direction of the lift is only claimed with enough BT events from enough problems (``stats.Evidence``).
 
 ``regrade_predictions`` re-grades the stored prediction strings of imported events with the corrected
@@ -19,7 +22,7 @@ grader (no completions needed).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import polars as pl
@@ -27,7 +30,16 @@ import polars as pl
 from bt_assets.lib.grading import grade
 from bt_assets.lib.original_tables import BT, EVENT_COLUMNS, OK, RELAXED, n_rows, ordered, split_by_bt
 from bt_assets.lib.rates import bt_accuracy_summary
-from bt_assets.lib.stats import Evidence, accuracy_difference, accuracy_lift, cluster_bootstrap, wilson
+from bt_assets.lib.stats import (
+    BOOTSTRAP_METHOD,
+    N_BOOT,
+    Evidence,
+    accuracy_difference,
+    accuracy_lift,
+    accuracy_split_intervals,
+    bootstrap_note,
+    cluster_ratio_interval,
+)
 
 
 def _num(x: float | None) -> float | None:
@@ -39,43 +51,40 @@ def _interval(lo_hi: tuple[float, float]) -> list[float | None]:
     return [_num(lo_hi[0]), _num(lo_hi[1])]
 
 
-def _rate(k: int, n: int) -> dict:
-    """``k`` of ``n`` rows: the rate k / n (None when n = 0) and its Wilson score 95% interval."""
-    return {"count": k, "n": n, "rate": _num(k / n) if n else None, "ci95": _interval(wilson(k, n))}
-
-
-def _estimate(
-    stat: Callable[..., float], problems: np.ndarray, arrays: list[np.ndarray], n_boot: int, seed: int
-) -> dict:
-    """``stat(*arrays)`` and its percentile 95% interval, bootstrapping problems (clusters)."""
-    return {
-        "estimate": _num(stat(*arrays)),
-        "ci95": _interval(cluster_bootstrap(problems, arrays, stat, n_boot, seed)),
-    }
+def _rate(problems: np.ndarray, hits: np.ndarray, n_boot: int, seed: int) -> dict:
+    """``hits`` (0/1 per row) of the rows of ``problems``: the count, n, the rate (None when n = 0) and
+    its percentile 95% interval bootstrapping problems (``stats.cluster_ratio_interval``)."""
+    k, n = int(hits.sum()), int(hits.size)
+    ci = cluster_ratio_interval(problems, hits, None, n_boot, seed)
+    return {"count": k, "n": n, "rate": _num(k / n) if n else None, "ci95": _interval(ci)}
 
 
 def _corrected_block(rows: pl.DataFrame, seed: int, n_boot: int) -> dict:
-    """One block of rows: counts, Wilson-interval rates (denominator n, or the rows with / without BT
-    for the split accuracies; null ``is_correct`` = not correct), and the accuracy difference
-    (with - without) and lift (with / without) with problem-bootstrap intervals."""
+    """One block of rows: counts, rates (denominator n, or the rows with / without BT for the split
+    accuracies; null ``is_correct`` = not correct), and the accuracy difference (with - without) and
+    lift (with / without), every interval a percentile bootstrap over problems."""
     n = rows.height
     bt = rows[BT].fill_null(False).to_numpy().astype(bool) if n else np.zeros(0, bool)
     ok = rows[OK].fill_null(False).to_numpy().astype(float) if n else np.zeros(0)
+    relaxed = rows[RELAXED].fill_null(False).to_numpy().astype(float) if n else np.zeros(0)
     problems = rows["example_id"].to_numpy() if n else np.zeros(0, np.int64)
-    k_bt, k_ok = int(bt.sum()), int(ok.sum())
-    ok_bt, ok_nb = int(ok[bt].sum()), int(ok[~bt].sum())
+    k_ok = int(ok.sum())
+    split = accuracy_split_intervals(problems, bt, ok, n_boot, seed)
     return {
         "n": n,
         "n_problems": int(np.unique(problems).size),
         "n_bt_problems": int(np.unique(problems[bt]).size),
-        "backtracking": _rate(k_bt, n),
-        "backtracking_relaxed": _rate(n_rows(rows, RELAXED), n),
-        "accuracy": _rate(k_ok, n),
+        "backtracking": _rate(problems, bt.astype(float), n_boot, seed),
+        "backtracking_relaxed": _rate(problems, relaxed, n_boot, seed),
+        "accuracy": _rate(problems, ok, n_boot, seed),
         "unknown": n - k_ok - n_rows(rows, OK, False),
-        "accuracy_with_backtracking": _rate(ok_bt, k_bt),
-        "accuracy_without_backtracking": _rate(ok_nb, n - k_bt),
-        "accuracy_difference": _estimate(accuracy_difference, problems, [bt, ok], n_boot, seed),
-        "accuracy_lift": _estimate(accuracy_lift, problems, [bt, ok], n_boot, seed),
+        "accuracy_with_backtracking": _rate(problems[bt], ok[bt], n_boot, seed),
+        "accuracy_without_backtracking": _rate(problems[~bt], ok[~bt], n_boot, seed),
+        "accuracy_difference": {
+            "estimate": _num(accuracy_difference(bt, ok)),
+            "ci95": _interval(split["difference"]),
+        },
+        "accuracy_lift": {"estimate": _num(accuracy_lift(bt, ok)), "ci95": _interval(split["lift"])},
     }
 
 
@@ -86,7 +95,7 @@ def corrected_metrics(
     regraded: bool,
     seed: int,
     original: pl.DataFrame | None = None,
-    n_boot: int = 2000,
+    n_boot: int = N_BOOT,
     evidence: Evidence | None = None,
 ) -> dict:
     """Baseline-only metrics with one accuracy denominator and intervals, beside the original headline.
@@ -122,9 +131,9 @@ def corrected_metrics(
         "accuracy_denominator": "all rows: accuracy = correct / n; an unanswered or ungradable completion "
         "(is_correct null) counts as not correct",
         "interval_methods": {
-            "rates": "Wilson score 95%",
-            "difference_and_lift": f"percentile 95%, bootstrap over problems (example_id), "
-            f"{n_boot} replicates, seed {seed}",
+            "rates": f"95% {BOOTSTRAP_METHOD}, {n_boot} replicates, seed {seed}",
+            "difference_and_lift": f"95% {BOOTSTRAP_METHOD}, {n_boot} replicates, seed {seed}",
+            "note": bootstrap_note(n_boot, seed),
         },
         "regraded": regraded,
         "grading_source": (

@@ -4,7 +4,11 @@ continuation ablation, each as a plain Polars frame (``teacher`` does the forwar
 Every probe is a completed sequence (prompt + completion) with a prediction position ``pred_pos``
 whose logits predict the onset token ``target``. BT probes are sampled BT events; controls are
 position-matched non-BT completions scored on their event's own onset token (B7, B8). Means over
-events carry 95% Student-t intervals (``<name>_lo/_hi``; none for a single event).
+events carry 95% problem-clustered t-intervals (``<name>_lo/_hi``, ``stats.clustered_mean_interval``:
+events of one problem are correlated, so the standard error is clustered by the problem of each
+``Event.key`` and the t quantile has G - 1 degrees of freedom, G = problems; none with events from a
+single problem). The original's columns (``mean_target_logit_bt``, ``std_bt``,
+``delta_wait_logit_mean/_std``, ...) are plain means and event standard deviations, as it wrote them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch
 
 from bt_assets.lib import selection, teacher
 from bt_assets.lib.hooks import COMPONENTS, decoder_layers
-from bt_assets.lib.stats import mean_interval
+from bt_assets.lib.stats import clustered_mean_interval, problem_of
 from bt_assets.lib.teacher import Event, encode_full
 
 PROBE_COLUMNS = ["example_id", "sample_id", "variant", "completion", "pred_pos", "target", "onset_token_text"]
@@ -74,7 +78,7 @@ def probes(rows: pl.DataFrame, prompts: pl.DataFrame, tokenizer, add_bos: bool) 
     for r in rows.iter_rows(named=True):
         ids = encode_full(tokenizer, text[(r["variant"], r["example_id"])], r["completion"], add_bos)
         if 0 <= r["pred_pos"] < len(ids):
-            key = f"{r['variant']}/{r['example_id']}/{r['sample_id']}"
+            key = f"{r['variant']}/{r['example_id']}/{r['sample_id']}"  # stats.problem_of reads it
             out.append(Event(key, ids, int(r["pred_pos"]), int(r["target"])))
     return out
 
@@ -89,18 +93,20 @@ def kind_probes(
 def logit_lens_table(model: torch.nn.Module, bt: Sequence[Event], control: Sequence[Event]) -> pl.DataFrame:
     """Per layer: the onset token's logit and log-prob read from the residual stream after that layer
     (final norm + unembedding), BT events vs position-matched controls: mean, std (the original's
-    columns first) and the 95% t-interval of the mean logit (``mean_target_logit_<kind>_lo/_hi``)."""
+    columns first) and the problem-clustered 95% t-interval of the mean logit
+    (``mean_target_logit_<kind>_lo/_hi``; the problem of each event from its key)."""
     n_layers = len(decoder_layers(model))
     res = {
         kind: teacher.logit_lens(model, ev) if ev else torch.empty(0, n_layers, 2)
         for kind, ev in (("bt", bt), ("control", control))
     }
+    problems = {kind: [problem_of(e.key) for e in ev] for kind, ev in (("bt", bt), ("control", control))}
     rows = []
     for layer in range(n_layers):
         row: dict[str, object] = {"layer": layer}
         for kind, r in res.items():
-            lg = mean_interval(r[:, layer, 0].tolist())
-            lp = mean_interval(r[:, layer, 1].tolist())
+            lg = clustered_mean_interval(r[:, layer, 0].tolist(), problems[kind])
+            lp = clustered_mean_interval(r[:, layer, 1].tolist(), problems[kind])
             row |= {
                 f"mean_target_logit_{kind}": lg[0],
                 f"std_{kind}": lg[1],
@@ -134,8 +140,9 @@ def ablation_scan_table(
 ) -> pl.DataFrame:
     """For every (layer, component): the change in the onset token's logit and log-prob when that
     component's output is multiplied by ``scale`` at the prediction position only (teacher-forced, one
-    shared prefix per event), mean over events with std and 95% t-interval. Sorted by the mean logit
-    change, most negative first (``delta_wait_logit_mean/_std`` are the original's columns)."""
+    shared prefix per event), mean over events with std and problem-clustered 95% t-interval. Sorted by
+    the mean logit change, most negative first (``delta_wait_logit_mean/_std`` are the original's
+    columns)."""
     n_layers = len(decoder_layers(model))
     table, variants = teacher.single_component_table(n_layers, components, layers, scale)
     deltas = torch.empty(len(events), len(variants), 2)
@@ -143,9 +150,11 @@ def ablation_scan_table(
         logit, logp, _ = teacher.target_stats(teacher.score_at_onset(model, ev, table), ev.target)
         deltas[i, :, 0] = (logit[1:] - logit[0]).cpu()
         deltas[i, :, 1] = (logp[1:] - logp[0]).cpu()
+    problems = [problem_of(ev.key) for ev in events]
     rows = []
     for v, (comp, layer) in enumerate(variants):
-        lg, lp = mean_interval(deltas[:, v, 0].tolist()), mean_interval(deltas[:, v, 1].tolist())
+        lg = clustered_mean_interval(deltas[:, v, 0].tolist(), problems)
+        lp = clustered_mean_interval(deltas[:, v, 1].tolist(), problems)
         rows.append(
             {
                 "layer": layer,

@@ -12,7 +12,7 @@ import polars as pl
 
 from bt_assets.lib import report as R
 from bt_assets.lib.rates import group_rates
-from bt_assets.lib.stats import Evidence
+from bt_assets.lib.stats import BOOTSTRAP_METHOD, N_BOOT, Evidence, bootstrap_note, mean_note
 from bt_assets.lib.sweep_stats import continuation_summary
 
 PHASE1_FIGURES = [
@@ -61,16 +61,30 @@ class Page:
         return R.figures_block([(t, self.figures_dir / f"{n}.png") for t, n in names], self.reports_dir)
 
 
-def rate_table(rates: pl.DataFrame, key: str) -> str:
-    """Counts, rates and 95% intervals (percent) per group."""
+def rate_table(rates: pl.DataFrame, key: str, seed: int | None = None, n_boot: int = N_BOOT) -> str:
+    """Counts, rates and 95% intervals (percent) per group (``rates.group_rates`` rows), then a one-line
+    note of the interval method: the bootstrap over problems with ``n_boot`` replicates and ``seed``
+    (pass the seed ``group_rates`` used; without it the note names the method only)."""
 
     def ci(name: str) -> pl.Expr:
         lo, hi = (pl.col(f"{name}_{end}") * 100 for end in ("lo", "hi"))
         return pl.format("[{}, {}]", lo.round(1), hi.round(1)).alias(f"{name}_95ci")
 
     df = rates.with_columns(ci("bt_rate"), ci("accuracy"))
-    cols = [key, "n", "bt_count", "bt_rate", "bt_rate_95ci", "correct", "accuracy", "accuracy_95ci"]
-    return R.md_table(df.select(cols), RATE_FORMATS)
+    cols = [
+        key,
+        "n",
+        "n_problems",
+        "bt_count",
+        "bt_rate",
+        "bt_rate_95ci",
+        "correct",
+        "accuracy",
+        "accuracy_95ci",
+    ]
+    table = R.md_table(df.select(cols), RATE_FORMATS)
+    note = bootstrap_note(n_boot, seed) if seed is not None else f"95% intervals: {BOOTSTRAP_METHOD}"
+    return f"{table}\n\n{note}."
 
 
 def phase1_page(
@@ -91,7 +105,7 @@ def phase1_page(
     s = metrics_corrected["figure_rows"]["summary"]
     orig = seed_compatible_tables["metrics_v2.json"]["backtracking_vs_accuracy"]["accuracy_lift_ratio"]
     abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
-    cond = group_rates(abl_view, "condition", settings["conditions"])
+    cond = group_rates(abl_view, "condition", settings["conditions"], seed=settings["seed"])
     bt_sample = event_sample.filter(pl.col("kind") == "bt")
     n_bt, bt_problems = bt_sample.height, bt_sample["example_id"].n_unique()
     ev = page.evidence
@@ -105,10 +119,15 @@ def phase1_page(
         f"- {R.lift_finding(s, orig, ev)}",
         f"- {R.lens_finding(logit_lens, bt_problems, ev)}",
         f"- {R.scan_finding(ablation_scan, layers['selected'], bt_problems, ev)}",
-        f"- {R.condition_finding(cond)}",
+        f"- {R.condition_finding(cond, abl_view, page.evidence, settings['seed'])}",
         "\n## Baseline by variant\n\n"
-        + rate_table(group_rates(base, "variant", settings["variants"]), "variant"),
-        f"\n## Conditions ({settings['ablation_variant']})\n\n{rate_table(cond, 'condition')}",
+        + rate_table(
+            group_rates(base, "variant", settings["variants"], seed=settings["seed"]),
+            "variant",
+            settings["seed"],
+        ),
+        f"\n## Conditions ({settings['ablation_variant']})\n\n"
+        + rate_table(cond, "condition", settings["seed"]),
         f"\n## Layers\n\nSelected ({settings['statistic']}, top {settings['topk']}):\n"
         f"```json\n{json.dumps(layers['selected'])}\n```\nRandom controls per seed:\n"
         f"```json\n{json.dumps(layers['random'])}\n```\n"
@@ -150,9 +169,10 @@ def phase2_page(
         f"\n## Subset sweep\n\n{sweep_table(sweep_results['subset'])}",
         f"\n## Scale sweep\n\n{sweep_table(sweep_results['scale'])}",
         "\nPaired changes (delta_*) are cell minus baseline over the same (problem, sample) pairs; "
-        f"accuracy denominator: {sweep_results['accuracy_denominator']}.",
+        f"accuracy denominator: {sweep_results['accuracy_denominator']}. "
+        f"{sweep_results['interval_method']} (cell rates and paired changes).",
         "\n## Continuation ablation\n\n"
-        + (R.md_table(cont, {"p_onset_mean": "pct"}) if cont.height else "none"),
+        + (f"{R.md_table(cont, {'p_onset_mean': 'pct'})}\n\n{mean_note()}." if cont.height else "none"),
         f"\n## Hook calls\n\n{hook_stats.height} (cell, phase, component, layer) rows; "
         "see the `hook_stats` asset.",
         f"\n## Figures\n\n{page.figures(PHASE2_FIGURES)}",
@@ -227,7 +247,7 @@ def original_run_page(
     s = metrics_corrected["figure_rows"]["summary"]
     base = view.filter(pl.col("condition") == "baseline")
     abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
-    cond = group_rates(abl_view, "condition", settings["conditions"])
+    cond = group_rates(abl_view, "condition", settings["conditions"], seed=settings["seed"])
     lines = [
         page.header(),
         "## Headline\n",
@@ -236,12 +256,17 @@ def original_run_page(
         f"{s['n']} completions of {s['n_problems']} problems (the original's detector: its events carry "
         "no text to re-detect); regraded accuracy "
         f"{R.pct(s['accuracy'])}{R.interval(s['accuracy_lo'], s['accuracy_hi'])} (denominator: all "
-        "completions; Wilson intervals).",
+        "completions; 95% percentile bootstrap over problems).",
         f"- Truncation: {truncation_note(base)}",
-        f"- {R.condition_finding(cond)}",
+        f"- {R.condition_finding(cond, abl_view, page.evidence, settings['seed'])}",
         "\n## Baseline by variant\n\n"
-        + rate_table(group_rates(base, "variant", settings["variants"]), "variant"),
-        f"\n## Conditions ({settings['ablation_variant']})\n\n{rate_table(cond, 'condition')}",
+        + rate_table(
+            group_rates(base, "variant", settings["variants"], seed=settings["seed"]),
+            "variant",
+            settings["seed"],
+        ),
+        f"\n## Conditions ({settings['ablation_variant']})\n\n"
+        + rate_table(cond, "condition", settings["seed"]),
         f"\n## Figures\n\n{page.figures(ORIGINAL_RUN_FIGURES)}",
         f"\n## Not built from an imported run\n\n{NEEDS_COMPLETIONS}.",
         "\n## Seed-compatible tables\n\nThe original's files, recomputed from its events with its "

@@ -79,8 +79,13 @@ def select_layers(
 def random_layers(selected: dict[str, list[int]], n_layers: int, seeds: Sequence[int]) -> dict[str, dict]:
     """Shape-matched random controls per seed: for each component as many layers as selected, drawn
     from the layers NOT selected for any component (as the original), without replacement within a
-    seed. Every seed's draw is returned (the original never saved its random layers)."""
+    seed. Every seed's draw is returned (the original never saved its random layers).
+
+    ``n_layers`` is the model's layer count, not the number of scanned layers: with ``analysis.layers``
+    a subset, the controls still come from every layer the selection did not take."""
     taken = {layer for layers in selected.values() for layer in layers}
+    if any(not 0 <= layer < n_layers for layer in taken):
+        raise ValueError(f"selected layers {sorted(taken)} outside a {n_layers}-layer model")
     candidates = [layer for layer in range(n_layers) if layer not in taken]
     out = {}
     for seed in seeds:

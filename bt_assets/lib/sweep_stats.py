@@ -1,9 +1,12 @@
 """Phase-2 tables: per-cell rates with intervals and the paired change vs the baseline cell.
 
 All cells of a sweep share random numbers per (problem, sample) (counter-based sampling), so a cell and
-the baseline form pairs; the change is the mean paired difference, with a 95% bootstrap interval that
-resamples PROBLEMS (samples of one problem are correlated). Accuracy = correct / all completions (an
-unanswered completion counts as not correct); that one denominator is used everywhere.
+the baseline form pairs; the change is the mean paired difference. Every interval (cell rates and
+paired changes) is a 95% percentile bootstrap that resamples PROBLEMS (samples of one problem are
+correlated; ``stats.N_BOOT`` replicates with the pipeline's seed, ``stats.bootstrap_note``); the means
+over events of ``continuation_summary`` carry problem-clustered t-intervals
+(``stats.clustered_mean_interval``). Accuracy = correct / all completions (an unanswered completion
+counts as not correct); that one denominator is used everywhere.
 """
 
 from __future__ import annotations
@@ -16,33 +19,43 @@ import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
 from bt_assets.lib.rates import rate_row
-from bt_assets.lib.stats import cluster_bootstrap, t_quantile_975
+from bt_assets.lib.stats import (
+    N_BOOT,
+    Evidence,
+    bootstrap_note,
+    cluster_ratio_interval,
+    clustered_mean_interval,
+    problem_of,
+)
 from bt_assets.lib.sweeps import SweepCell
 
 if TYPE_CHECKING:
     from bt_assets.lib.generation import Cell
 
 
-def paired_change(problem: np.ndarray, diff: np.ndarray, seed: int) -> tuple[float, float, float]:
-    """Mean per-pair difference and its 95% interval, resampling problems (clusters)."""
+def paired_change(
+    problem: np.ndarray, diff: np.ndarray, seed: int, n_boot: int = N_BOOT
+) -> tuple[float, float, float]:
+    """Mean per-pair difference and its 95% percentile interval, resampling problems (clusters)."""
     if diff.size == 0:
         return float("nan"), float("nan"), float("nan")
-    lo, hi = cluster_bootstrap(problem, [diff], np.mean, seed=seed)
+    lo, hi = cluster_ratio_interval(problem, diff, None, n_boot, seed)
     return float(diff.mean()), lo, hi
 
 
-def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: int) -> dict:
+def cell_stats(
+    rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: int, n_boot: int = N_BOOT
+) -> dict:
     """One sweep cell: the ``rates.RATE_SCHEMA`` columns over its completions (BT rate and accuracy =
-    correct / all completions, Wilson 95% ``bt_rate_lo/_hi``, ``accuracy_lo/_hi``), ``mean_tokens``,
-    ``truncated_share`` (completions that stopped at the token cap / all), and the paired change vs
-    the baseline cell ``base`` (same problem and sample): ``delta_bt`` / ``delta_acc`` = mean per-pair
-    difference (cell minus baseline) with ``_lo/_hi`` from a 95% bootstrap over problems; ``n_pairs``,
-    and ``bt_pairs`` / ``bt_pair_problems``: pairs where either side backtracks, and their problems."""
+    correct / all completions, ``bt_rate_lo/_hi``, ``accuracy_lo/_hi`` from a 95% bootstrap over
+    problems, ``rates.rate_row``), ``mean_tokens``, ``truncated_share`` (completions that stopped at the
+    token cap / all), and the paired change vs the baseline cell ``base`` (same problem and sample):
+    ``delta_bt`` / ``delta_acc`` = mean per-pair difference (cell minus baseline) with ``_lo/_hi`` from
+    a 95% bootstrap over problems; ``n_pairs``, and ``bt_pairs`` / ``bt_pair_problems``: pairs where
+    either side backtracks, and their problems. Every interval: ``n_boot`` replicates with ``seed``."""
     n = rows.height
-    k_bt = int(rows[bt].sum()) if n else 0
-    k_ok = int(rows[ok].fill_null(False).sum()) if n else 0
     out: dict = {
-        **rate_row(n, k_bt, k_ok),
+        **rate_row(rows, bt, ok, seed=seed, n_boot=n_boot),
         "mean_tokens": float(rows["completion_tokens"].mean()) if n else float("nan"),
         "truncated_share": float((rows["finish_reason"] == "length").mean()) if n else 0.0,
     }
@@ -50,7 +63,7 @@ def cell_stats(rows: pl.DataFrame, base: pl.DataFrame, bt: str, ok: str, seed: i
     prob = pairs["example_id"].to_numpy()
     for name, col in (("bt", bt), ("acc", ok)):
         d = pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_base"].fill_null(False).cast(pl.Int8)
-        mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed)
+        mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed, n_boot)
         out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = mean, lo, hi
     out["n_pairs"] = pairs.height
     # the BT evidence behind the paired change: pairs where either side backtracks, and their problems
@@ -67,9 +80,11 @@ def sweep_tables(
     grading_mode: str,
     min_accuracy_fraction: float,
     seed: int,
+    evidence: Evidence = Evidence(),
 ) -> dict:
-    """Subset table, scale table, per-cell stats and the best trade-off (largest relative BT reduction
-    among cells keeping accuracy >= ``min_accuracy_fraction`` x baseline accuracy).
+    """Subset table, scale table, per-cell stats and the best trade-off (``best_tradeoff``: a shown BT
+    reduction, read with ``evidence``, among cells keeping accuracy >= ``min_accuracy_fraction`` x
+    baseline accuracy; always a dict, ``cell`` None with a ``reason`` when no cell qualifies).
 
     Every row is ``cell``, ``subset``, ``scale``, ``n_components`` (components the cell scales, from
     ``n_components``; 0 when absent), ``sweeps`` and the ``cell_stats`` columns; BT and correctness are
@@ -96,7 +111,7 @@ def sweep_tables(
         (r for r in per_cell if "scale" in r["sweeps"].split(",") and r["subset"] != "baseline"),
         key=lambda r: r["scale"],
     )
-    best = best_tradeoff(per_cell, base_row, min_accuracy_fraction)
+    best = best_tradeoff(per_cell, base_row, min_accuracy_fraction, evidence)
     return {
         "cells": per_cell,
         "subset": subset,
@@ -106,31 +121,74 @@ def sweep_tables(
         "detection_mode": detection_mode,
         "grading_mode": grading_mode,
         "accuracy_denominator": "all completions (no answer = not correct)",
+        "interval_method": bootstrap_note(N_BOOT, seed),
     }
 
 
-def best_tradeoff(rows: Sequence[dict], base: dict, min_fraction: float) -> dict | None:
-    """The ablated cell (scale != 1) with the largest relative BT reduction (base - cell) / base among
-    cells whose accuracy is >= ``min_fraction`` x the baseline's (ties: higher accuracy); None when no
-    cell qualifies or the baseline has no BT. Adds ``relative_bt_reduction`` and ``accuracy_floor``."""
+def best_tradeoff(rows: Sequence[dict], base: dict, min_fraction: float, evidence: Evidence) -> dict:
+    """The best trade-off among the ablated cells (scale != 1). A cell qualifies when (1) its paired BT
+    change vs the baseline is a REDUCTION shown by its 95% interval: ``delta_bt_hi`` < 0, read only with
+    enough evidence (``evidence``: ``bt_pairs`` pairs with a BT event from ``bt_pair_problems``
+    problems; never from a zero-width interval), and (2) its accuracy is >= ``min_fraction`` x the
+    baseline's (point estimates). The qualifying cell with the largest relative BT reduction
+    (base - cell) / base wins (ties: higher accuracy).
+
+    Always a JSON-serialisable dict stating the rule (``min_accuracy_fraction``, ``accuracy_floor``,
+    ``min_events``, ``min_problems``) and ``rejected`` (``{"cell", "why"}`` per ablated cell that does
+    not qualify), with either the winning row (its columns, ``relative_bt_reduction``, ``reason`` None)
+    or ``cell`` None and ``reason``: why no cell qualifies."""
     floor = min_fraction * base["accuracy"] if base["n"] else float("nan")
-    ok = [
-        r
-        for r in rows
-        if r["cell"] != base["cell"]
-        and r["n"]
-        and r["accuracy"] >= floor
-        and base["bt_rate"] > 0
-        and r["scale"] != 1.0
-    ]
-    if not ok:
-        return None
-    best = max(ok, key=lambda r: ((base["bt_rate"] - r["bt_rate"]) / base["bt_rate"], r["accuracy"]))
-    return {
-        **best,
-        "relative_bt_reduction": (base["bt_rate"] - best["bt_rate"]) / base["bt_rate"],
+    out: dict = {
+        "cell": None,
+        "reason": None,
+        "min_accuracy_fraction": min_fraction,
         "accuracy_floor": floor,
+        "min_events": evidence.min_events,
+        "min_problems": evidence.min_problems,
+        "rejected": [],
     }
+    if not base["n"]:
+        return {**out, "reason": "the baseline cell has no completions"}
+    if not base["bt_rate"] > 0:
+        return {**out, "reason": "the baseline cell has no BT event, so there is no BT to reduce"}
+    ok = []
+    for r in rows:
+        if r["cell"] == base["cell"] or r["scale"] == 1.0:
+            continue
+        why = _tradeoff_failures(r, floor, evidence)
+        if why:
+            out["rejected"].append({"cell": r["cell"], "why": why})
+        else:
+            ok.append(r)
+    if not ok:
+        why = "; ".join(f"{x['cell']}: {x['why']}" for x in out["rejected"])
+        reason = f"no ablated cell qualifies ({why})" if why else "the sweep has no ablated cell (scale != 1)"
+        return {**out, "reason": reason}
+
+    def relative(r: dict) -> float:
+        return (base["bt_rate"] - r["bt_rate"]) / base["bt_rate"]
+
+    best = max(ok, key=lambda r: (relative(r), r["accuracy"]))
+    return {**out, **best, "relative_bt_reduction": relative(best)}
+
+
+def _tradeoff_failures(r: dict, floor: float, evidence: Evidence) -> str:
+    """Why an ablated cell is not a trade-off ('' when it qualifies)."""
+    if not r["n"]:
+        return "no completions"
+    k, probs = r["bt_pairs"], r["bt_pair_problems"]
+    lo, hi = r["delta_bt_lo"], r["delta_bt_hi"]
+    change = f"paired BT change {100 * r['delta_bt']:+.1f} points [{100 * lo:.1f}, {100 * hi:.1f}]"
+    why = []
+    if not evidence.enough(k, probs):
+        why.append(f"too few to test: {k} pairs with a BT event from {probs} problems")
+    elif not evidence.excludes(lo, hi, 0.0, k, probs):
+        why.append(f"{change} is zero-width" if lo == hi else f"{change} does not exclude 0")
+    elif lo > 0:
+        why.append(f"BT rises: {change}")
+    if not r["accuracy"] >= floor:
+        why.append(f"accuracy {100 * r['accuracy']:.1f}% is below the floor {100 * floor:.1f}%")
+    return " and ".join(why)
 
 
 def scale_one_identical(events: pl.DataFrame, cells: Sequence[SweepCell]) -> dict:
@@ -171,31 +229,39 @@ def hook_problems(counts: pl.DataFrame, cells: Sequence[Cell]) -> list[str]:
 
 
 def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
-    """Per scale (1.0 = clean), over the BT events ``n``: ``p_onset_mean`` (mean probability of the onset
-    token) and ``logit_mean`` with 95% t-intervals over events ``p_onset_mean_lo/_hi`` (clipped to
-    [0, 1]) and ``logit_mean_lo/_hi`` (null for a single event); ``synonym_share`` / ``onset_top1_share``:
-    events whose top-1 token is a synonym of the onset / the onset itself, over ``n``."""
+    """Per scale (1.0 = clean), over the BT events ``n`` from ``n_problems`` problems (the example_id of
+    each ``event`` key, ``stats.problem_of``): ``p_onset_mean`` (mean probability of the onset token)
+    and ``logit_mean`` with problem-clustered 95% t-intervals (``stats.clustered_mean_interval``: events
+    of one problem are not independent) ``p_onset_mean_lo/_hi`` (clipped to [0, 1]) and
+    ``logit_mean_lo/_hi`` (null with events from a single problem); ``synonym_share`` /
+    ``onset_top1_share``: events whose top-1 token is a synonym of the onset / the onset itself, over
+    ``n``."""
     if df.height == 0:
         return pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
+    df = df.with_columns(pl.Series("_problem", [problem_of(k) for k in df["event"]], pl.String))
     g = (
         df.group_by("scale")
         .agg(
             pl.len().alias("n"),
+            pl.col("_problem").n_unique().alias("n_problems"),
             pl.col("onset_prob").mean().alias("p_onset_mean"),
-            pl.col("onset_prob").std().alias("p_sd"),
             pl.col("onset_logit").mean().alias("logit_mean"),
-            pl.col("onset_logit").std().alias("l_sd"),
             pl.col("top1_is_synonym").mean().alias("synonym_share"),
             pl.col("top1_is_onset").mean().alias("onset_top1_share"),
         )
         .sort("scale", descending=True)
     )
-    # t-interval half-width per row; null (no interval) for a single event; probabilities clipped to [0, 1]
-    half = pl.Series([t_quantile_975(n - 1) / n**0.5 if n > 1 else None for n in g["n"]], dtype=pl.Float64)
-    g = g.with_columns(half.alias("_half"))
+    bounds: dict[str, list[float | None]] = {c: [] for c in ("p_lo", "p_hi", "l_lo", "l_hi")}
+    for scale in g["scale"]:
+        rows = df.filter(pl.col("scale") == scale)
+        for col, (lo_key, hi_key) in (("onset_prob", ("p_lo", "p_hi")), ("onset_logit", ("l_lo", "l_hi"))):
+            ok = rows.filter(pl.col(col).is_not_null())
+            _, _, lo, hi = clustered_mean_interval(ok[col].to_numpy(), ok["_problem"].to_numpy())
+            bounds[lo_key].append(lo if np.isfinite(lo) else None)
+            bounds[hi_key].append(hi if np.isfinite(hi) else None)
     return g.with_columns(
-        (pl.col("p_onset_mean") - pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_mean_lo"),
-        (pl.col("p_onset_mean") + pl.col("_half") * pl.col("p_sd")).clip(0.0, 1.0).alias("p_onset_mean_hi"),
-        (pl.col("logit_mean") - pl.col("_half") * pl.col("l_sd")).alias("logit_mean_lo"),
-        (pl.col("logit_mean") + pl.col("_half") * pl.col("l_sd")).alias("logit_mean_hi"),
-    ).drop("p_sd", "l_sd", "_half")
+        pl.Series("p_onset_mean_lo", bounds["p_lo"], pl.Float64).clip(0.0, 1.0),
+        pl.Series("p_onset_mean_hi", bounds["p_hi"], pl.Float64).clip(0.0, 1.0),
+        pl.Series("logit_mean_lo", bounds["l_lo"], pl.Float64),
+        pl.Series("logit_mean_hi", bounds["l_hi"], pl.Float64),
+    )

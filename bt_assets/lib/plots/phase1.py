@@ -2,9 +2,10 @@
 with vs without backtracking, the logit lens and the single-component ablation scan.
 
 Every builder returns a ``Figure`` (write it with ``save``). Rates are drawn in percent with their 95%
-Wilson intervals (``<rate>_lo`` / ``<rate>_hi``) as error bars; the denominator of every rate is ``n``,
-all completions of the group (an unanswered completion counts as not correct). What raises
-``FigureDataError``: no rows, an absent column, a value that is no number, or every plotted value null.
+bootstrap intervals over problems (``<rate>_lo`` / ``<rate>_hi``) as error bars; the denominator of
+every rate is ``n``, all completions of the group (an unanswered completion counts as not correct).
+What raises ``FigureDataError``: no rows, an absent column, a value that is no number, or every
+plotted value null.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ SCAN_BARS: dict[str, Any] = {  # style of the ablation-scan bars (thinner than t
 
 def bt_rate_by_variant(rows: Frame, *, scope: str = "baseline condition only") -> Figure:
     """One bar per prompt variant (input order): strict backtracking rate in percent = ``bt_count`` /
-    ``n`` completions, error bars the 95% Wilson interval ``bt_rate_lo`` / ``bt_rate_hi``.
+    ``n`` completions, error bars the 95% interval ``bt_rate_lo`` / ``bt_rate_hi`` (bootstrap over problems).
 
     ``rows``: variant, n, bt_count, bt_rate, bt_rate_lo, bt_rate_hi (baseline rows only). Zero events in
     all variants draws 0% bars with a note; raises when every ``bt_rate`` is null/NaN."""
@@ -57,7 +58,10 @@ def bt_rate_by_variant(rows: Frame, *, scope: str = "baseline condition only") -
     names, n, events = t.text("variant"), t.num("n"), total(t.num("bt_count"))
     with new_figure(
         suptitle=f"Backtracking rate by prompt variant — {scope}",
-        titles=[f"n={total(n):,} completions, {events:,} with backtracking; bars: 95% Wilson intervals"],
+        titles=[
+            f"n={total(n):,} completions, {events:,} with backtracking; "
+            "bars: 95% intervals (bootstrap over problems)"
+        ],
         xlabels=["prompt variant (n = completions)"],
     ) as (fig, (ax,)):
         table_rate_bars(ax, t, names, "bt_rate", variant_colors(names), "completions with backtracking (%)")
@@ -74,7 +78,7 @@ def accuracy_by_bt(
     scope: str = "baseline condition only",
 ) -> Figure:
     """One bar per group (input order; "without ..." groups orange, others blue): accuracy in percent =
-    ``correct`` / ``n`` (all completions of the group), error bars the 95% Wilson interval
+    ``correct`` / ``n`` (all completions of the group), error bars the 95% problem-bootstrap interval
     ``accuracy_lo`` / ``accuracy_hi``; the title carries ``lift`` (accuracy with / without BT) and its
     95% problem-bootstrap ``lift_ci``.
 
@@ -86,7 +90,10 @@ def accuracy_by_bt(
     without = np.array([s.lower().startswith("without") for s in names])
     with new_figure(
         suptitle=f"Accuracy with vs without backtracking — {scope}",
-        titles=[f"n={total(n):,} completions; {common.lift_text(lift, lift_ci)}; bars: 95% Wilson intervals"],
+        titles=[
+            f"n={total(n):,} completions; {common.lift_text(lift, lift_ci)}; "
+            "bars: 95% intervals (bootstrap over problems)"
+        ],
         xlabels=["completions grouped by strict backtracking (n = completions)"],
     ) as (fig, (ax,)):
         correct = [f"{common.fmt_n(c)} correct" if np.isfinite(c) else "" for c in t.num("correct")]
@@ -221,7 +228,8 @@ def _two_rate_panels(
     figure: str, rows: Frame, key: str, title: str, xlabel: str, colors: Callable[[list[str]], list[str]]
 ) -> Figure:
     """Left: backtracking rate, right: accuracy, one bar per ``key`` value (input order), in percent of
-    ``n`` completions with 95% Wilson error bars. Raises when both rate columns are all null/NaN."""
+    ``n`` completions with 95% problem-bootstrap error bars. Raises when both rate columns are all
+    null/NaN."""
     t = read_table(figure, rows, [key, "n", "bt_count", *interval("bt_rate"), *interval("accuracy")])
     t.require_values("bt_rate", "accuracy")
     names, n = t.text(key), t.num("n")
@@ -231,7 +239,7 @@ def _two_rate_panels(
         figsize=(13, 6),
         suptitle=f"{title} (n={total(n):,} completions)",
         titles=[
-            f"{label.split(' (')[0]} per {key}, {common.n_text(n)}; 95% Wilson intervals"
+            f"{label.split(' (')[0]} per {key}, {common.n_text(n)}; 95% intervals (bootstrap over problems)"
             for _, label in RATE_PANELS
         ],
         xlabels=[xlabel, xlabel],
@@ -245,7 +253,7 @@ def _two_rate_panels(
 
 def by_condition(rows: Frame, *, variant: str | None = None) -> Figure:
     """Backtracking rate (left) and accuracy (right) per ablation condition, in percent of ``n``
-    completions with 95% Wilson intervals; baseline green, targeted red, random grey.
+    completions with 95% problem-bootstrap intervals; baseline green, targeted red, random grey.
 
     ``rows``: condition, n, bt_count, bt_rate(_lo/_hi), accuracy(_lo/_hi) (any list of conditions)."""
     scope = f"prompt variant {variant}" if variant else "one prompt variant"
@@ -261,7 +269,7 @@ def by_condition(rows: Frame, *, variant: str | None = None) -> Figure:
 
 def formatting_effect(rows: Frame, *, scope: str = "baseline condition only") -> Figure:
     """Backtracking rate (left) and accuracy (right) per prompt-formatting variant, in percent of ``n``
-    completions with 95% Wilson intervals.
+    completions with 95% problem-bootstrap intervals.
 
     ``rows``: variant, n, bt_count, bt_rate(_lo/_hi), accuracy(_lo/_hi) (baseline rows only)."""
     return _two_rate_panels(

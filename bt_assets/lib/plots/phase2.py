@@ -2,7 +2,8 @@
 the teacher-forced continuation at the onset position.
 
 Every builder returns a ``Figure`` (write it with ``save``). Rates are in percent of ``n`` (all
-completions of the cell; an unanswered completion counts as not correct) with 95% Wilson intervals;
+completions of the cell; an unanswered completion counts as not correct) with 95% bootstrap intervals
+over problems;
 paired changes ``delta_<rate>`` are cell minus baseline over the same (problem, sample) pairs with 95%
 bootstrap intervals over problems, drawn in percentage points. What raises ``FigureDataError``: no rows,
 an absent column or key, a value that is no number, or every plotted value null/NaN.
@@ -59,8 +60,8 @@ def phase2_baseline_summary(
 ) -> Figure:
     """2x2 over baseline rows only (no ablation): (a) bars of the overall BT rate and accuracy (of all
     ``n`` completions) and the accuracy of completions with / without BT (of n·bt_rate and
-    n·(1-bt_rate) completions), 95% Wilson intervals; (b) the accuracy lift (with / without BT) with its
-    95% problem-bootstrap interval against 1.0x; (c) BT rate and (d) accuracy per prompt variant.
+    n·(1-bt_rate) completions), 95% problem-bootstrap intervals; (b) the accuracy lift (with / without
+    BT) with its 95% problem-bootstrap interval against 1.0x; (c) BT rate and (d) accuracy per prompt variant.
 
     ``summary`` keys: n, bt_rate, accuracy, acc_with_bt, acc_without_bt, lift, each value with ``_lo``
     and ``_hi`` (None = undefined). ``by_variant``: variant, n, bt_rate(_lo/_hi), accuracy(_lo/_hi); it
@@ -80,7 +81,7 @@ def phase2_baseline_summary(
         f"{label.split(' (')[0]} per prompt variant, {n_text(nv)} ({scope})" for _, label in RATE_PANELS
     ]
     titles = [
-        "(a) overall rates with 95% Wilson intervals",
+        "(a) overall rates with 95% intervals (bootstrap over problems)",
         "(b) accuracy lift = accuracy with BT / without BT (95% CI)",
         *(f"{tag} {title}" for tag, title in zip(("(c)", "(d)"), per_panel, strict=True)),
     ]
@@ -145,9 +146,10 @@ def _delta_text(d: float, lo: float, hi: float) -> str:
 
 def subset_sweep(rows: Frame) -> Figure:
     """Two panels, BT rate (top) and accuracy (bottom), one bar per component subset in input order:
-    percent of ``n`` completions with 95% Wilson error bars, the baseline bar green (the ``baseline``
-    subset, else the first row) and a dashed line at its value; above each other bar the paired change vs
-    baseline ``delta_<rate>`` in percentage points with its 95% bootstrap interval over problems.
+    percent of ``n`` completions with 95% problem-bootstrap error bars, the baseline bar green (the
+    ``baseline`` subset, else the first row) and a dashed line at its value; above each other bar the
+    paired change vs baseline ``delta_<rate>`` in percentage points with its 95% bootstrap interval over
+    problems.
 
     ``rows``: subset, n_components, n, bt_count, bt_rate(_lo/_hi), accuracy(_lo/_hi),
     delta_bt(_lo/_hi), delta_acc(_lo/_hi). Zero BT events draws a note; raises when both rates are
@@ -170,7 +172,7 @@ def subset_sweep(rows: Frame) -> Figure:
         suptitle="Subset sweep: backtracking rate and accuracy per ablated subset "
         f"({n_text(n).replace('per group', 'completions per arm')}, {total(n):,} in all)",
         titles=[
-            f"{label.split(' (')[0]} per arm; bars: 95% Wilson CI; Δ = paired change vs "
+            f"{label.split(' (')[0]} per arm; bars: 95% CI (bootstrap over problems); Δ = paired change vs "
             "baseline in percentage points [95% bootstrap CI over problems]"
             for _, label in RATE_PANELS
         ],
@@ -194,8 +196,8 @@ def subset_sweep(rows: Frame) -> Figure:
 
 def scale_tradeoff(rows: Frame, *, subset: str | None = None) -> Figure:
     """Left: BT rate and accuracy (percent of ``n`` completions) against the ablation scale (sorted; 1.0
-    = no ablation, 0.0 = zeroed) with 95% Wilson bands; right: accuracy against BT rate, one point per
-    scale coloured by the scale and labelled '×scale', error bars the 95% intervals on both axes.
+    = no ablation, 0.0 = zeroed) with 95% problem-bootstrap bands; right: accuracy against BT rate, one
+    point per scale coloured by the scale and labelled '×scale', error bars the 95% intervals on both axes.
 
     ``rows``: scale, n, bt_rate(_lo/_hi), accuracy(_lo/_hi). Rows without a scale or with n=0 are left
     out; raises when no row remains or every remaining rate is null/NaN."""
@@ -215,7 +217,7 @@ def scale_tradeoff(rows: Frame, *, subset: str | None = None) -> Figure:
         suptitle=f"Scale sweep: backtracking rate and accuracy as the {what} are scaled "
         f"({n_text(n).replace('per group', 'completions per scale')})",
         titles=[
-            "rates vs scale (1.0 = no ablation, 0.0 = zeroed); bands: 95% Wilson CI",
+            "rates vs scale (1.0 = no ablation, 0.0 = zeroed); bands: 95% CI (bootstrap over problems)",
             "accuracy vs backtracking rate, one point per scale (labels: scale; error bars: 95% CI)",
         ],
         xlabels=["ablation scale", "backtracking rate (%)"],
@@ -275,7 +277,8 @@ def scale_tradeoff(rows: Frame, *, subset: str | None = None) -> Figure:
 def continuation_effect(rows: Frame) -> Figure:
     """Teacher-forced continuation at the onset position, one bar per ablation scale (descending; 1.0 =
     clean, green; others red): left the mean P(onset token) over ``n`` events in percent, right the mean
-    onset-token logit; error bars the 95% t-intervals over events (none for a single event). Tick labels
+    onset-token logit; error bars the problem-clustered 95% t-intervals over events (none with events
+    from a single problem). Tick labels
     carry ``synonym_share``, the share of events whose new top-1 token is a synonym trigger.
 
     ``rows``: scale, n, p_onset_mean(_lo/_hi), logit_mean(_lo/_hi), synonym_share. All logits null
