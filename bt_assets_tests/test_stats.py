@@ -234,7 +234,8 @@ def test_sweep_tables_rows_name_n_components():
     )
     best = out["best_tradeoff"]
     # 3 pairs with a BT event from 2 problems: below the evidence floor, so no cell is a trade-off
-    assert best["cell"] is None and "too few to test: 3 pairs with a BT event from 2 problems" in best["reason"]
+    assert best["cell"] is None
+    assert "too few to test: 3 pairs with a BT event from 2 problems" in best["reason"]
     assert best["accuracy_floor"] == 0.25  # 0.5 x baseline accuracy 2/4
 
 
