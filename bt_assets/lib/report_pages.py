@@ -87,6 +87,21 @@ def rate_table(rates: pl.DataFrame, key: str, seed: int | None = None, n_boot: i
     return f"{table}\n\n{note}."
 
 
+def rate_sections(page: Page, view: pl.DataFrame, settings: Mapping) -> list[str]:
+    """The condition finding (each condition of the ablation variant against its baseline, with paired
+    intervals) and the two rate tables: baseline by variant, conditions of the ablation variant."""
+    seed = settings["seed"]
+    base = view.filter(pl.col("condition") == "baseline")
+    abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
+    cond = group_rates(abl_view, "condition", settings["conditions"], seed=seed)
+    by_variant = group_rates(base, "variant", settings["variants"], seed=seed)
+    return [
+        f"- {R.condition_finding(cond, abl_view, page.evidence, seed)}",
+        f"\n## Baseline by variant\n\n{rate_table(by_variant, 'variant', seed)}",
+        f"\n## Conditions ({settings['ablation_variant']})\n\n{rate_table(cond, 'condition', seed)}",
+    ]
+
+
 def phase1_page(
     page: Page,
     view: pl.DataFrame,
@@ -101,11 +116,8 @@ def phase1_page(
     """The Phase-1 report. ``view``: every Phase-1 event in the profile's modes; ``layers``: the
     ``selected`` and ``random`` layer sets; ``settings``: variants, conditions, ablation_variant,
     detection, grading, statistic, topk, event_seed, original_format (where the original's files are)."""
-    base = view.filter(pl.col("condition") == "baseline")
     s = metrics_corrected["figure_rows"]["summary"]
     orig = seed_compatible_tables["metrics_v2.json"]["backtracking_vs_accuracy"]["accuracy_lift_ratio"]
-    abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
-    cond = group_rates(abl_view, "condition", settings["conditions"], seed=settings["seed"])
     bt_sample = event_sample.filter(pl.col("kind") == "bt")
     n_bt, bt_problems = bt_sample.height, bt_sample["example_id"].n_unique()
     ev = page.evidence
@@ -119,15 +131,7 @@ def phase1_page(
         f"- {R.lift_finding(s, orig, ev)}",
         f"- {R.lens_finding(logit_lens, bt_problems, ev)}",
         f"- {R.scan_finding(ablation_scan, layers['selected'], bt_problems, ev)}",
-        f"- {R.condition_finding(cond, abl_view, page.evidence, settings['seed'])}",
-        "\n## Baseline by variant\n\n"
-        + rate_table(
-            group_rates(base, "variant", settings["variants"], seed=settings["seed"]),
-            "variant",
-            settings["seed"],
-        ),
-        f"\n## Conditions ({settings['ablation_variant']})\n\n"
-        + rate_table(cond, "condition", settings["seed"]),
+        *rate_sections(page, view, settings),
         f"\n## Layers\n\nSelected ({settings['statistic']}, top {settings['topk']}):\n"
         f"```json\n{json.dumps(layers['selected'])}\n```\nRandom controls per seed:\n"
         f"```json\n{json.dumps(layers['random'])}\n```\n"
@@ -246,8 +250,6 @@ def original_run_page(
     and condition, the figures that need only events, and which stages are absent and why."""
     s = metrics_corrected["figure_rows"]["summary"]
     base = view.filter(pl.col("condition") == "baseline")
-    abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
-    cond = group_rates(abl_view, "condition", settings["conditions"], seed=settings["seed"])
     lines = [
         page.header(),
         "## Headline\n",
@@ -258,15 +260,7 @@ def original_run_page(
         f"{R.pct(s['accuracy'])}{R.interval(s['accuracy_lo'], s['accuracy_hi'])} (denominator: all "
         "completions; 95% percentile bootstrap over problems).",
         f"- Truncation: {truncation_note(base)}",
-        f"- {R.condition_finding(cond, abl_view, page.evidence, settings['seed'])}",
-        "\n## Baseline by variant\n\n"
-        + rate_table(
-            group_rates(base, "variant", settings["variants"], seed=settings["seed"]),
-            "variant",
-            settings["seed"],
-        ),
-        f"\n## Conditions ({settings['ablation_variant']})\n\n"
-        + rate_table(cond, "condition", settings["seed"]),
+        *rate_sections(page, view, settings),
         f"\n## Figures\n\n{page.figures(ORIGINAL_RUN_FIGURES)}",
         f"\n## Not built from an imported run\n\n{NEEDS_COMPLETIONS}.",
         "\n## Seed-compatible tables\n\nThe original's files, recomputed from its events with its "

@@ -46,6 +46,8 @@ SCAN_BARS: dict[str, Any] = {  # style of the ablation-scan bars (thinner than t
     "error_kw": {"elinewidth": 0.9, "ecolor": "0.2"},
 }
 
+BOOT_BARS = "95% intervals (bootstrap over problems)"
+
 
 def bt_rate_by_variant(rows: Frame, *, scope: str = "baseline condition only") -> Figure:
     """One bar per prompt variant (input order): strict backtracking rate in percent = ``bt_count`` /
@@ -58,10 +60,7 @@ def bt_rate_by_variant(rows: Frame, *, scope: str = "baseline condition only") -
     names, n, events = t.text("variant"), t.num("n"), total(t.num("bt_count"))
     with new_figure(
         suptitle=f"Backtracking rate by prompt variant — {scope}",
-        titles=[
-            f"n={total(n):,} completions, {events:,} with backtracking; "
-            "bars: 95% intervals (bootstrap over problems)"
-        ],
+        titles=[f"n={total(n):,} completions, {events:,} with backtracking; bars: {BOOT_BARS}"],
         xlabels=["prompt variant (n = completions)"],
     ) as (fig, (ax,)):
         table_rate_bars(ax, t, names, "bt_rate", variant_colors(names), "completions with backtracking (%)")
@@ -90,10 +89,7 @@ def accuracy_by_bt(
     without = np.array([s.lower().startswith("without") for s in names])
     with new_figure(
         suptitle=f"Accuracy with vs without backtracking — {scope}",
-        titles=[
-            f"n={total(n):,} completions; {common.lift_text(lift, lift_ci)}; "
-            "bars: 95% intervals (bootstrap over problems)"
-        ],
+        titles=[f"n={total(n):,} completions; {common.lift_text(lift, lift_ci)}; bars: {BOOT_BARS}"],
         xlabels=["completions grouped by strict backtracking (n = completions)"],
     ) as (fig, (ax,)):
         correct = [f"{common.fmt_n(c)} correct" if np.isfinite(c) else "" for c in t.num("correct")]
