@@ -65,7 +65,12 @@ def build(profile: Profile) -> list:
         meta = {"statistic": a.statistic, "require_negative": a.require_negative, "selected": str(sel)}
         return w.materialized(profile, sel, **meta)
 
-    @dg.asset(**w.cpu_asset("analysis"))
+    # reads the layer count from the loaded model unless the profile states it: then a model asset (gpu pool)
+    layer_count_asset = (
+        w.cpu_asset("analysis") if profile.model.num_layers else w.gpu_asset(profile, "analysis")
+    )
+
+    @dg.asset(**layer_count_asset)
     def random_layers(model: w.HookedModel, selected_layers: dict) -> dg.MaterializeResult[dict]:
         """Shape-matched random layer sets from the non-selected layers of the WHOLE model (not only the
         scanned ``analysis.layers``), one per configured seed. The layer count is ``model.num_layers``
