@@ -166,7 +166,6 @@ class Phase1Cfg(Strict):
         "random_ablation",
     ]
     ablation_variant: str | None = Field(None, description="variant for ablation cells; default first")
-    truncation_warn_share: Fraction01 = 0.5
 
     @field_validator("import_dir")
     @classmethod
@@ -198,6 +197,9 @@ class AnalysisCfg(Strict):
     statistic: Literal["delta_logit", "delta_logprob"] = "delta_logit"
     require_negative: bool = False
     scan_scale: Fraction01 = 0.0
+    truncation_warn_share: Fraction01 = Field(
+        0.5, description="reports warn when more of a condition's/cell's completions hit the token cap"
+    )
     min_events_for_claims: PosInt = Field(
         5, description="reports claim an interval excludes a value only with this many BT events or more"
     )

@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from bt_assets.lib.rates import RATE_SCHEMA, bt_accuracy_summary, group_rates
+from bt_assets.lib.rates import RATE_SCHEMA, TRUNCATION_SCHEMA, bt_accuracy_summary, group_rates
 from bt_assets.lib.stats import (
     N_BOOT,
     Evidence,
@@ -139,7 +139,7 @@ def _boot_mean(view: pl.DataFrame, col: str, seed: int = 0) -> tuple[float, floa
 def test_group_rates_counts_rates_and_problem_bootstrap_intervals():
     view = _view()
     df = group_rates(view, "variant", ["a", "b", "c"])
-    assert df.columns == ["variant", *RATE_SCHEMA]
+    assert df.columns == ["variant", *RATE_SCHEMA, *TRUNCATION_SCHEMA]
     a, b, c = df.rows(named=True)
     # a: problems 0-5 (both rows correct for 0-2, BT row only for 3-5): 6 BT of 12, 9 correct of 12
     assert (a["n"], a["bt_count"], a["bt_rate"], a["correct"], a["accuracy"]) == (12, 6, 0.5, 9, 0.75)

@@ -16,14 +16,25 @@ def build(profile: Profile) -> list:
     variant = None if profile.analysis_variant == "all" else profile.analysis_variant
 
     @dg.asset(**w.cpu_asset("analysis"))
-    def event_sample(baseline_events: pl.DataFrame) -> dg.MaterializeResult[pl.DataFrame]:
+    def event_sample(
+        model: w.HookedModel, baseline_events: pl.DataFrame
+    ) -> dg.MaterializeResult[pl.DataFrame]:
         """BT events analysed by the teacher-forced stages: a seeded random sample across all problems
-        (B19), plus position-matched non-BT controls scored on each event's own onset token (B7, B8)."""
-        view = w.baseline(profile, baseline_events, variant, keep=("completion", "completion_tokens"))
-        df, n = onset.event_sample(view, a.max_events, a.event_seed)
+        (B19), plus position-matched non-BT controls scored on each event's own onset token (B7, B8).
+        Positions index the sampled ids the model saw (``completion_token_ids``, carried through to the
+        probes; only the tokenizer loads); events stored without them fall back to re-tokenised text."""
+        ids = ["completion_token_ids"] if "completion_token_ids" in baseline_events.columns else []
+        view = w.baseline(profile, baseline_events, variant, keep=("completion", "completion_tokens", *ids))
+        df, n = onset.event_sample(view, a.max_events, a.event_seed, model.tokenizer if ids else None)
         note = selection.sample_note(n, a.event_seed, profile.analysis_variant)
         return w.materialized(
-            profile, df, **n, event_seed=a.event_seed, detection_mode=profile.detection.mode, note=note
+            profile,
+            df,
+            **n,
+            event_seed=a.event_seed,
+            detection_mode=profile.detection.mode,
+            positions="stored_ids" if ids else "retokenised",
+            note=note,
         )
 
     @dg.asset(**w.gpu_asset(profile, "analysis"))

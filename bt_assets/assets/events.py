@@ -24,9 +24,10 @@ def build(profile: Profile) -> list:
     def baseline_events(
         model: w.HookedModel, problems: pl.DataFrame, prompts: pl.DataFrame
     ) -> dg.MaterializeResult[pl.DataFrame]:
-        """Detection (strict/relaxed onset, token position) and grading of every baseline completion."""
+        """Detection (strict/relaxed onset, token position) and grading of every baseline completion, with
+        its sampled ``completion_token_ids`` (the teacher-forced stages probe the ids the model saw)."""
         gens = base_store.read(baseline_cells(prompts, w.phase1_keys(profile)))
-        df = w.events_of(profile, model, gens, prompts, problems)
+        df = w.events_of(profile, model, gens, prompts, problems, keep_token_ids=True)  # for the probes
         bt = {k: int(df[c].sum()) for k, c in BT_COUNTS.items()}
         modes = {"detection_mode": profile.detection.mode, "grading_mode": profile.grading.mode}
         return w.materialized(profile, df, rows=df.height, **modes, **bt)
@@ -44,8 +45,8 @@ def build(profile: Profile) -> list:
     ) -> dg.MaterializeResult[pl.DataFrame]:
         """Events of every Phase-1 cell: the baseline events plus those of the ablation cells."""
         cells = w.ablation_cells(profile, prompts, abl_keys, selected_layers, random_layers)
-        ablated = w.events_of(profile, model, abl_store.read(cells), prompts, problems)
-        df = pl.concat([baseline_events, ablated], how="vertical_relaxed")
+        ablated = w.events_of(profile, model, abl_store.read(cells), prompts, problems, keep_token_ids=True)
+        df = pl.concat([baseline_events, ablated], how="diagonal_relaxed")
         counts = df.group_by("variant", "condition", maintain_order=True).len()
         return w.materialized(profile, df, rows=df.height, cells=w.table_md(counts))
 

@@ -36,11 +36,8 @@ def build(profile: Profile) -> list:
             "detection": "seed_compatible (import)" if imported else det,
             "grading": "corrected regrade of stored predictions" if imported else grd,
         }
-        view, seed, evidence = (
-            analysis_view(phase1_events, det, grd),
-            profile.run.seed,
-            profile.analysis.evidence,
-        )
+        view = analysis_view(phase1_events, det, grd, keep=("finish_reason",))  # finished-only accuracy
+        seed, evidence = profile.run.seed, profile.analysis.evidence
         out = metrics_table(phase1_events, view, variants, conditions, imported, seed, evidence, modes)
         return w.materialized(profile, out, summary=dg.MetadataValue.json(out))
 

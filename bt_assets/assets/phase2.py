@@ -99,8 +99,9 @@ def build(profile: Profile) -> list:
     @dg.asset_check(asset=sweep_results)
     def truncation_share(sweep_results: dict) -> dg.AssetCheckResult:
         """WARN when a cell's share of completions cut at the token cap exceeds the profile's limit."""
-        worst = max((r["truncated_share"] for r in sweep_results["cells"]), default=0.0)
-        passed = worst <= profile.phase1.truncation_warn_share
+        shares = (r.get("truncated_share") for r in sweep_results["cells"])
+        worst = max((x for x in shares if x is not None), default=0.0)
+        passed = worst <= profile.analysis.truncation_warn_share
         return dg.AssetCheckResult(
             passed=passed, severity=dg.AssetCheckSeverity.WARN, metadata={"max_truncated_share": worst}
         )

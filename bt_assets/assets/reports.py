@@ -10,8 +10,9 @@ from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
 from bt_assets.lib import report_pages as pages
 from bt_assets.lib.chunkstore import atomic_write_bytes
-from bt_assets.lib.events import analysis_view
+from bt_assets.lib.events import analysis_view, baseline_view
 from bt_assets.lib.provenance import hardware, software
+from bt_assets.lib.rates import finished_summary
 
 
 def build(profile: Profile) -> list:
@@ -42,6 +43,8 @@ def build(profile: Profile) -> list:
         "event_seed": profile.analysis.event_seed,
         "seed": profile.run.seed,  # bootstrap over problems
         "original_format": profile.path("storage") / "original_format",
+        "truncation_warn_share": profile.analysis.truncation_warn_share,
+        "max_new_tokens": profile.generation.max_new_tokens,
     }
     p1_deps = [f"fig_{n}" for _, n in pages.PHASE1_FIGURES]
     p2_deps = [f"fig_{n}" for _, n in pages.PHASE2_FIGURES]
@@ -63,7 +66,7 @@ def build(profile: Profile) -> list:
         layers = {"selected": selected_layers, "random": random_layers}
         text = pages.phase1_page(
             page("Backtracking as a state transition: Phase 1"),
-            analysis_view(phase1_events, det, grd),
+            analysis_view(phase1_events, det, grd, keep=("finish_reason",)),
             metrics_corrected,
             seed_compatible_tables,
             logit_lens,
@@ -76,6 +79,7 @@ def build(profile: Profile) -> list:
 
     @dg.asset(group_name="reports", kinds={"markdown"}, deps=p2_deps, tags={"bt/phase": "2"})
     def phase2_report(
+        phase1_events: pl.DataFrame,
         metrics_corrected: dict,
         sweep_results: dict,
         continuation_ablation: pl.DataFrame,
@@ -83,8 +87,16 @@ def build(profile: Profile) -> list:
     ) -> dg.MaterializeResult:
         """Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, conclusions."""
         title = "Backtracking as a state transition: Phase 2"
+        base = baseline_view(phase1_events, det, grd, keep=("finish_reason",))
+        finished = finished_summary(base, profile.run.seed)
         text = pages.phase2_page(
-            page(title), metrics_corrected, sweep_results, continuation_ablation, hook_stats
+            page(title),
+            metrics_corrected,
+            sweep_results,
+            continuation_ablation,
+            hook_stats,
+            settings,
+            finished,
         )
         return written("phase2_report.md", text)
 
@@ -101,7 +113,8 @@ def original_run_report(profile: Profile, page, written, settings: dict) -> dg.A
     ) -> dg.MaterializeResult:
         """The original run's headline (mixed conditions, buggy grader) next to the regraded baseline-only
         lift with its problem-bootstrap interval and counts; rates by variant and condition; figures."""
-        view = analysis_view(phase1_events, profile.detection.mode, profile.grading.mode)
+        det, grd = profile.detection.mode, profile.grading.mode
+        view = analysis_view(phase1_events, det, grd, keep=("finish_reason",))
         title = "The original Phase-1 run, re-analysed from its events"
         text = pages.original_run_page(page(title), view, metrics_corrected, seed_compatible_tables, settings)
         return written("original_run_report.md", text)

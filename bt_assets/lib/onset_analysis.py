@@ -1,7 +1,8 @@
 """Teacher-forced tables at the backtracking onset: the event sample, logit lens, ablation scan and
 continuation ablation, each as a plain Polars frame (``teacher`` does the forward passes).
 
-Every probe is a completed sequence (prompt + completion) with a prediction position ``pred_pos``
+Every probe is a completed sequence (the prompt ids the engine fed + the sampled completion ids, where
+the event sample carries them; else prompt + completion re-tokenised) with a prediction position ``pred_pos``
 whose logits predict the onset token ``target``. BT probes are sampled BT events; controls are
 position-matched non-BT completions scored on their event's own onset token (B7, B8). Means over
 events carry 95% problem-clustered t-intervals (``<name>_lo/_hi``, ``stats.clustered_mean_interval``:
@@ -19,6 +20,7 @@ import polars as pl
 import torch
 
 from bt_assets.lib import selection, teacher
+from bt_assets.lib.generation import encode_prompt
 from bt_assets.lib.hooks import COMPONENTS, decoder_layers
 from bt_assets.lib.stats import clustered_mean_interval, problem_of
 from bt_assets.lib.teacher import Event, encode_full
@@ -26,16 +28,24 @@ from bt_assets.lib.teacher import Event, encode_full
 PROBE_COLUMNS = ["example_id", "sample_id", "variant", "completion", "pred_pos", "target", "onset_token_text"]
 
 
-def event_sample(view: pl.DataFrame, max_events: int, seed: int) -> tuple[pl.DataFrame, dict]:
+def event_sample(view: pl.DataFrame, max_events: int, seed: int, tokenizer=None) -> tuple[pl.DataFrame, dict]:
     """The probes of the teacher-forced stages: a seeded random sample of BT events across all problems
     (B19) and one position-matched non-BT control per event, as rows of ``PROBE_COLUMNS`` + ``kind``
     (``bt`` | ``control``). ``view``: baseline completions (``analysis_view`` + ``completion`` and
-    ``completion_tokens``). Also returns counts for the run log and metadata."""
+    ``completion_tokens``). Also returns counts for the run log and metadata.
+
+    With a ``tokenizer`` and the sampled ``completion_token_ids`` in ``view``, positions index the ids
+    the model saw (``stored_positions``) and every probe carries its ``completion_token_ids`` (``probes``
+    then feeds prompt ids + those ids); otherwise they index prompt + completion re-tokenised."""
+    stored = tokenizer is not None and "completion_token_ids" in view.columns
     bt = view.filter(pl.col("has_backtracking_strict") & (pl.col("pred_pos_in_full") >= 0))
     events = selection.sample_events(bt, max_events, seed)
+    if stored:
+        events = stored_positions(events, tokenizer).filter(pl.col("pred_pos_in_full") >= 0)
     controls = selection.match_controls(events, view.filter(~pl.col("has_backtracking_strict")), seed)
+    ids = ["completion_token_ids"] if stored else []
     ctl_rows = controls.join(
-        view.select("example_id", "sample_id", "variant", "completion"),
+        view.select("example_id", "sample_id", "variant", "completion", *ids),
         left_on=["control_variant", "control_example_id", "control_sample_id"],
         right_on=["variant", "example_id", "sample_id"],
         how="left",
@@ -49,6 +59,7 @@ def event_sample(view: pl.DataFrame, max_events: int, seed: int) -> tuple[pl.Dat
         pl.col("onset_token_id").alias("target"),
         "onset_token_text",
         pl.lit("bt").alias("kind"),
+        *ids,
     )
     control_probes = ctl_rows.select(
         pl.col("control_example_id").alias("example_id"),
@@ -59,6 +70,7 @@ def event_sample(view: pl.DataFrame, max_events: int, seed: int) -> tuple[pl.Dat
         "target",
         pl.lit(None, pl.String).alias("onset_token_text"),
         pl.lit("control").alias("kind"),
+        *ids,
     )
     counts = {
         "n_bt": events.height,
@@ -70,16 +82,52 @@ def event_sample(view: pl.DataFrame, max_events: int, seed: int) -> tuple[pl.Dat
     return pl.concat([bt_probes, control_probes], how="vertical_relaxed"), counts
 
 
+def stored_positions(events: pl.DataFrame, tokenizer) -> pl.DataFrame:
+    """``events`` with the onset fields re-pointed at the sampled ids: ``onset_token_in_completion`` = the
+    first completion token whose decoded prefix covers ``onset_char`` (``teacher.stored_onset_index``),
+    ``pred_pos_in_full`` = ``prompt_tokens`` (the unpadded prompt ids the engine fed) + that index - 1,
+    ``onset_token_id``/``_text`` = the sampled token there (all -1 / "" where the onset is not covered)."""
+    cols: dict[str, list] = {c: [] for c in ONSET_COLUMNS}
+    for r in events.iter_rows(named=True):
+        ids = r["completion_token_ids"] or []
+        k = teacher.stored_onset_index(tokenizer, ids, r["completion"] or "", r["onset_char"])
+        cols["onset_token_in_completion"].append(k)
+        cols["onset_token_in_full"].append(r["prompt_tokens"] + k if k >= 0 else -1)
+        cols["pred_pos_in_full"].append(r["prompt_tokens"] + k - 1 if k >= 0 else -1)
+        cols["onset_token_id"].append(int(ids[k]) if k >= 0 else -1)
+        cols["onset_token_text"].append(tokenizer.decode([ids[k]]) if k >= 0 else "")
+    return events.with_columns(pl.Series(c, v, events.schema[c]) for c, v in cols.items())
+
+
+ONSET_COLUMNS = [
+    "onset_token_in_completion",
+    "onset_token_in_full",
+    "pred_pos_in_full",
+    "onset_token_id",
+    "onset_token_text",
+]
+
+
+def probe_ids(tokenizer, prompt: str, completion: str, stored: Sequence[int] | None, add_bos: bool):
+    """The sequence a probe teacher-forces: the prompt ids the engine fed (``encode_prompt``, no padding)
+    + the sampled completion ids when stored, else prompt + completion re-tokenised (``encode_full``)."""
+    if stored is None:
+        return encode_full(tokenizer, prompt, completion, add_bos)
+    return (*encode_prompt(tokenizer, prompt, add_bos), *(int(i) for i in stored))
+
+
 def probes(rows: pl.DataFrame, prompts: pl.DataFrame, tokenizer, add_bos: bool) -> list[Event]:
-    """Teacher-forced probes of event-sample rows (``kind`` already chosen): prompt + completion
-    re-tokenised, probed at ``pred_pos`` for ``target``; rows whose position falls outside are dropped."""
+    """Teacher-forced probes of event-sample rows (``kind`` already chosen), probed at ``pred_pos`` for
+    ``target``: prompt ids + the stored ``completion_token_ids`` where the rows carry them (the ids the
+    model saw), else prompt + completion re-tokenised; rows whose position falls outside are dropped."""
     text = {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
     out = []
     for r in rows.iter_rows(named=True):
-        ids = encode_full(tokenizer, text[(r["variant"], r["example_id"])], r["completion"], add_bos)
+        prompt = text[(r["variant"], r["example_id"])]
+        ids = probe_ids(tokenizer, prompt, r["completion"], r.get("completion_token_ids"), add_bos)
         if 0 <= r["pred_pos"] < len(ids):
             key = f"{r['variant']}/{r['example_id']}/{r['sample_id']}"  # stats.problem_of reads it
-            out.append(Event(key, ids, int(r["pred_pos"]), int(r["target"])))
+            out.append(Event(key, tuple(ids), int(r["pred_pos"]), int(r["target"])))
     return out
 
 

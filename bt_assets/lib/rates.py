@@ -34,6 +34,50 @@ RATE_SCHEMA = {
     "accuracy_lo": pl.Float64,
     "accuracy_hi": pl.Float64,
 }
+TRUNCATION_SCHEMA = {
+    "truncated_share": pl.Float64,
+    "n_finished": pl.Int64,
+    "accuracy_finished": pl.Float64,
+    "mean_tokens": pl.Float64,
+    "median_tokens": pl.Float64,
+}
+FINISH = "finish_reason"
+
+
+def has_finish_reason(rows: pl.DataFrame) -> bool:
+    """Whether ``rows`` record why generation stopped (imported events have no or a null
+    ``finish_reason``: how many hit the cap is then unknown)."""
+    return FINISH in rows.columns and rows[FINISH].null_count() < rows.height
+
+
+def truncation_row(rows: pl.DataFrame, ok: str = OK) -> dict[str, int | float | None]:
+    """The ``TRUNCATION_SCHEMA`` columns over ``rows``: ``truncated_share`` = completions with
+    ``finish_reason == "length"`` (stopped at the token cap) / completions with a recorded finish
+    reason; ``n_finished`` = completions that stopped on their own (``finish_reason == "stop"``);
+    ``accuracy_finished`` = correct / ``n_finished`` (None when none finished); ``mean_tokens`` /
+    ``median_tokens`` of ``completion_tokens`` (generated tokens). Without a finish reason (imported
+    events) the first three are None: the share cut at the cap is unknown, not zero."""
+    tokens = (
+        rows["completion_tokens"] if "completion_tokens" in rows.columns else pl.Series([], dtype=pl.Int64)
+    )
+    out: dict[str, int | float | None] = {
+        "truncated_share": None,
+        "n_finished": None,
+        "accuracy_finished": None,
+        "mean_tokens": float(tokens.mean()) if tokens.len() and tokens.null_count() < tokens.len() else None,
+        "median_tokens": float(tokens.median())
+        if tokens.len() and tokens.null_count() < tokens.len()
+        else None,
+    }
+    if not has_finish_reason(rows):
+        return out
+    known = rows.filter(pl.col(FINISH).is_not_null())
+    finished = known.filter(pl.col(FINISH) != "length")
+    k_ok = int(finished[ok].fill_null(False).sum())
+    out["truncated_share"] = (known.height - finished.height) / known.height
+    out["n_finished"] = finished.height
+    out["accuracy_finished"] = k_ok / finished.height if finished.height else None
+    return out
 
 
 def rate_row(
@@ -68,14 +112,58 @@ def group_rates(
 ) -> pl.DataFrame:
     """Per value of ``by``: the ``RATE_SCHEMA`` columns (n, n_problems, BT count/rate, correct/accuracy =
     correct / n, 95% bootstrap-over-problems intervals ``bt_rate_lo/_hi``, ``accuracy_lo/_hi`` with
-    ``n_boot`` replicates and ``seed``; see ``rate_row``).
+    ``n_boot`` replicates and ``seed``; see ``rate_row``) and the ``TRUNCATION_SCHEMA`` columns
+    (``truncated_share``, ``n_finished``, ``accuracy_finished``, ``mean_tokens``, ``median_tokens``; the
+    first three null when ``view`` has no ``finish_reason``, see ``truncation_row``).
 
     ``view`` has ``example_id`` and the original column names (``has_backtracking_strict``,
     ``is_correct``) filled from whichever detection/grading mode the caller chose. Groups follow
     ``order`` (config order)."""
     values = list(order) if order is not None else sorted(set(view[by].to_list()))
-    rows = [{by: v, **rate_row(view.filter(pl.col(by) == v), seed=seed, n_boot=n_boot)} for v in values]
-    return pl.DataFrame(rows, schema={by: pl.String, **RATE_SCHEMA})
+    rows = []
+    for v in values:
+        sel = view.filter(pl.col(by) == v)
+        rows.append({by: v, **rate_row(sel, seed=seed, n_boot=n_boot), **truncation_row(sel)})
+    return pl.DataFrame(rows, schema={by: pl.String, **RATE_SCHEMA, **TRUNCATION_SCHEMA})
+
+
+def finished_summary(view: pl.DataFrame, seed: int, n_boot: int = N_BOOT) -> dict | None:
+    """Accuracy with vs without backtracking among FINISHED completions of ``view`` (``finish_reason``
+    != "length": those not cut at the token cap), or None when ``view`` records no finish reason.
+    Keys: ``n``, ``n_finished``, ``n_bt`` / ``n_bt_problems`` (finished with backtracking, their
+    problems), ``acc_with_bt``, ``acc_without_bt`` (None when that group is empty), ``lift`` (None when
+    undefined) with ``lift_lo/_hi`` (95% bootstrap over problems, ``n_boot`` replicates with ``seed``;
+    None with fewer than two finished problems)."""
+    if not has_finish_reason(view):
+        return None
+    done = view.filter(pl.col(FINISH).is_not_null() & (pl.col(FINISH) != "length"))
+    bt = done[BT].fill_null(False)
+    ok = done[OK].fill_null(False)
+    n_bt, n_nb = int(bt.sum()), int((~bt).sum())
+    a_bt = int((bt & ok).sum()) / n_bt if n_bt else None
+    a_nb = int((~bt & ok).sum()) / n_nb if n_nb else None
+    lift = a_bt / a_nb if a_bt is not None and a_nb else None
+    lo = hi = None
+    if lift is not None and done["example_id"].n_unique() > 1:
+        split = accuracy_split_intervals(
+            done["example_id"].to_numpy(),
+            bt.cast(pl.Boolean).to_numpy(),
+            ok.cast(pl.Float64).to_numpy(),
+            n_boot,
+            seed,
+        )
+        lo, hi = split["lift"]
+    return {
+        "n": view.height,
+        "n_finished": done.height,
+        "n_bt": n_bt,
+        "n_bt_problems": done.filter(bt)["example_id"].n_unique(),
+        "acc_with_bt": a_bt,
+        "acc_without_bt": a_nb,
+        "lift": lift,
+        "lift_lo": lo,
+        "lift_hi": hi,
+    }
 
 
 def bt_accuracy_summary(view: pl.DataFrame, seed: int, n_boot: int = N_BOOT) -> dict:
@@ -87,7 +175,8 @@ def bt_accuracy_summary(view: pl.DataFrame, seed: int, n_boot: int = N_BOOT) -> 
     ``bt_rate`` and ``accuracy`` over all rows, ``acc_with_bt`` / ``acc_without_bt``, ``lift`` =
     acc_with_bt / acc_without_bt (None when undefined) and ``difference`` = acc_with_bt - acc_without_bt,
     each with ``_lo/_hi``: every interval is a percentile 95% bootstrap over problems (``example_id``),
-    ``n_boot`` replicates drawn with ``seed``."""
+    ``n_boot`` replicates drawn with ``seed``; ``finished``: the same among finished completions
+    (``finished_summary``; None when ``view`` has no ``finish_reason``)."""
     labelled = view.with_columns(
         pl.when(pl.col(BT))
         .then(pl.lit("with backtracking"))
@@ -131,4 +220,5 @@ def bt_accuracy_summary(view: pl.DataFrame, seed: int, n_boot: int = N_BOOT) -> 
         "difference_lo": split["difference"][0],
         "difference_hi": split["difference"][1],
     }
+    summary["finished"] = finished_summary(view, seed, n_boot)
     return {"accuracy_by_bt": rows.to_dicts(), "lift": lift, "summary": summary}

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from bt_assets.lib import report as R
-from bt_assets.lib.rates import group_rates
+from bt_assets.lib.rates import finished_summary, group_rates, truncation_row
 from bt_assets.lib.stats import BOOTSTRAP_METHOD, N_BOOT, Evidence, bootstrap_note, mean_note
 from bt_assets.lib.sweep_stats import continuation_summary
 
@@ -29,7 +29,11 @@ PHASE2_FIGURES = [
     ("Scale trade-off", "phase2_scale_tradeoff"),
     ("Continuation ablation", "phase2_continuation_effect"),
 ]
-RATE_FORMATS = {"bt_rate": "pct", "accuracy": "pct"}
+RATE_FORMATS = {"bt_rate": "pct", "accuracy": "pct", "truncated_share": "pct", "accuracy_finished": "pct"}
+NO_FINISH_REASON = (
+    "truncated_share, n_finished and accuracy_finished are n/a: these events record no finish reason "
+    "(imported run), so how many completions stopped at the token cap is unknown"
+)
 SWEEP_COLUMNS = [
     "subset",
     "scale",
@@ -40,7 +44,10 @@ SWEEP_COLUMNS = [
     "delta_bt",
     "delta_acc",
     "mean_tokens",
+    "median_tokens",
     "truncated_share",
+    "n_finished",
+    "accuracy_finished",
 ]
 
 
@@ -81,10 +88,66 @@ def rate_table(rates: pl.DataFrame, key: str, seed: int | None = None, n_boot: i
         "correct",
         "accuracy",
         "accuracy_95ci",
+        *(c for c in ("truncated_share", "n_finished", "accuracy_finished") if c in df.columns),
     ]
     table = R.md_table(df.select(cols), RATE_FORMATS)
     note = bootstrap_note(n_boot, seed) if seed is not None else f"95% intervals: {BOOTSTRAP_METHOD}"
+    note += "; accuracy_finished = correct / completions that stopped before the token cap (n_finished)"
+    if "truncated_share" not in df.columns or df["truncated_share"].null_count() == df.height:
+        note += f". {NO_FINISH_REASON}"
     return f"{table}\n\n{note}."
+
+
+def truncation_warning(rows: Sequence[Mapping], key: str, warn_share: float, max_new_tokens: int) -> str:
+    """The line(s) a page opens with when more than ``warn_share`` of some group's completions stopped at
+    the token cap: ``rows`` are ``rates.truncation_row`` / ``sweep_stats.cell_stats`` dicts with the
+    group's name under ``key``; '' when no group exceeds it (or none records a finish reason)."""
+    out = []
+    for r in rows:
+        share = r.get("truncated_share")
+        if share is None or not share > warn_share:
+            continue
+        k = r.get("n_finished")
+        acc = f"{R.pct(r.get('accuracy_finished'))} ({k} finished)" if k else "undefined (none finished)"
+        out.append(
+            f"> **Warning: accuracy here measures the token budget: {R.pct(share)} of {r[key]} completions "
+            f"stopped at the cap (max_new_tokens {max_new_tokens})**, above the "
+            f"{R.pct(warn_share)} limit (`analysis.truncation_warn_share`); their accuracy is that of "
+            f"reasoning cut short. Accuracy among finished completions: {acc}."
+        )
+    return "\n>\n".join(out) + "\n" if out else ""
+
+
+def finished_lift_text(f: Mapping | None, evidence: Evidence) -> str:
+    """The accuracy with vs without backtracking among finished completions (``rates.finished_summary``),
+    with its problem-bootstrap interval when there are enough finished BT completions (``evidence``)."""
+    if f is None:
+        return "Among finished completions: unknown (the events record no finish reason)."
+    if not f["n_finished"]:
+        return f"Among finished completions: none of {f['n']} finished (all stopped at the token cap)."
+    k, probs = f["n_bt"], f["n_bt_problems"]
+    text = (
+        f"Among finished completions ({f['n_finished']} of {f['n']}; {k} with backtracking from {probs} "
+        f"problems): with BT {R.pct(f['acc_with_bt'])}, without {R.pct(f['acc_without_bt'])}, lift "
+        f"{R.num(f['lift'])}"
+    )
+    lo, hi = f["lift_lo"], f["lift_hi"]
+    if f["lift"] is None or not evidence.enough(k, probs):
+        return f"{text}: too few finished to test."
+    if lo is None or hi is None or lo == hi or not evidence.excludes(lo, hi, 1.0, k, probs):
+        return f"{text} (95% problem-bootstrap interval {R.num(lo)}-{R.num(hi)}, does not exclude 1)."
+    return f"{text} (95% problem-bootstrap interval {lo:.2f}-{hi:.2f}, excludes 1)."
+
+
+def phase1_truncation(view: pl.DataFrame, settings: Mapping) -> str:
+    """``truncation_warning`` over the conditions of ``view`` (every Phase-1 completion)."""
+    rows = [
+        {"condition": c, **truncation_row(view.filter(pl.col("condition") == c))}
+        for c in settings["conditions"]
+    ]
+    return truncation_warning(
+        rows, "condition", settings.get("truncation_warn_share", 0.5), settings.get("max_new_tokens", 0)
+    )
 
 
 def rate_sections(page: Page, view: pl.DataFrame, settings: Mapping) -> list[str]:
@@ -115,20 +178,26 @@ def phase1_page(
 ) -> str:
     """The Phase-1 report. ``view``: every Phase-1 event in the profile's modes; ``layers``: the
     ``selected`` and ``random`` layer sets; ``settings``: variants, conditions, ablation_variant,
-    detection, grading, statistic, topk, event_seed, original_format (where the original's files are)."""
+    detection, grading, statistic, topk, event_seed, original_format (where the original's files are),
+    truncation_warn_share and max_new_tokens (the opening warning when a condition's share of completions
+    cut at the token cap exceeds the limit). With ``finish_reason`` in ``view`` the page also gives the
+    lift among finished completions and the truncation columns (null without it)."""
     s = metrics_corrected["figure_rows"]["summary"]
     orig = seed_compatible_tables["metrics_v2.json"]["backtracking_vs_accuracy"]["accuracy_lift_ratio"]
     bt_sample = event_sample.filter(pl.col("kind") == "bt")
     n_bt, bt_problems = bt_sample.height, bt_sample["example_id"].n_unique()
     ev = page.evidence
+    base = view.filter(pl.col("condition") == "baseline")
     lines = [
         page.header(),
+        phase1_truncation(view, settings),
         "## Findings\n",
         f"- Baseline BT rate {R.pct(s['bt_rate'])}{R.interval(s['bt_rate_lo'], s['bt_rate_hi'])} over "
         f"{s['n']} completions ({settings['detection']} detection); accuracy {R.pct(s['accuracy'])}"
         f"{R.interval(s['accuracy_lo'], s['accuracy_hi'])} ({settings['grading']} grading, denominator: "
         "all completions).",
         f"- {R.lift_finding(s, orig, ev)}",
+        f"- {finished_lift_text(finished_summary(base, settings['seed']), ev)}",
         f"- {R.lens_finding(logit_lens, bt_problems, ev)}",
         f"- {R.scan_finding(ablation_scan, layers['selected'], bt_problems, ev)}",
         *rate_sections(page, view, settings),
@@ -148,7 +217,7 @@ def sweep_table(rows: Sequence[Mapping]) -> str:
     """A sweep table (subset or scale cells) with the paired changes, or 'no cells'."""
     if not rows:
         return "no cells"
-    fmt = {**RATE_FORMATS, **{c: "f2" for c in ("delta_bt", "delta_acc", "mean_tokens", "truncated_share")}}
+    fmt = {**RATE_FORMATS, **{c: "f2" for c in ("delta_bt", "delta_acc", "mean_tokens", "median_tokens")}}
     return R.md_table(pl.DataFrame(rows).select(SWEEP_COLUMNS), fmt)
 
 
@@ -158,22 +227,37 @@ def phase2_page(
     sweep_results: Mapping,
     continuation_ablation: pl.DataFrame,
     hook_stats: pl.DataFrame,
+    settings: Mapping[str, object] | None = None,
+    finished: Mapping | None = None,
 ) -> str:
-    """The Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, conclusions."""
+    """The Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, conclusions.
+    ``settings``: ``truncation_warn_share`` and ``max_new_tokens`` (the opening warning when a cell's
+    share of completions cut at the token cap exceeds the limit); ``finished``: the baseline lift among
+    finished completions (``rates.finished_summary``; default the summary's ``finished``)."""
     s = metrics_corrected["figure_rows"]["summary"]
     cont = continuation_summary(continuation_ablation)
     ev = page.evidence
+    settings = settings or {}
+    warn = truncation_warning(
+        sweep_results["cells"],
+        "cell",
+        settings.get("truncation_warn_share", 0.5),
+        settings.get("max_new_tokens", 0),
+    )
     lines = [
         page.header(),
+        warn,
         "## Conclusions (computed)\n",
         f"- {R.lift_finding(s, None, ev)}",
+        f"- {finished_lift_text(finished if finished is not None else s.get('finished'), ev)}",
         f"- {R.sweep_finding(sweep_results, ev)}",
         f"- {R.scale_finding(sweep_results, ev)}",
         f"- {R.continuation_finding(cont)}",
         f"\n## Subset sweep\n\n{sweep_table(sweep_results['subset'])}",
         f"\n## Scale sweep\n\n{sweep_table(sweep_results['scale'])}",
         "\nPaired changes (delta_*) are cell minus baseline over the same (problem, sample) pairs; "
-        f"accuracy denominator: {sweep_results['accuracy_denominator']}. "
+        f"accuracy denominator: {sweep_results['accuracy_denominator']}; accuracy_finished = correct / "
+        "completions that stopped before the token cap (n_finished). "
         f"{sweep_results['interval_method']} (cell rates and paired changes).",
         "\n## Continuation ablation\n\n"
         + (f"{R.md_table(cont, {'p_onset_mean': 'pct'})}\n\n{mean_note()}." if cont.height else "none"),

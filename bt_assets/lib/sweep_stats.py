@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
-from bt_assets.lib.rates import rate_row
+from bt_assets.lib.rates import rate_row, truncation_row
 from bt_assets.lib.stats import (
     N_BOOT,
     Evidence,
@@ -48,17 +48,14 @@ def cell_stats(
 ) -> dict:
     """One sweep cell: the ``rates.RATE_SCHEMA`` columns over its completions (BT rate and accuracy =
     correct / all completions, ``bt_rate_lo/_hi``, ``accuracy_lo/_hi`` from a 95% bootstrap over
-    problems, ``rates.rate_row``), ``mean_tokens``, ``truncated_share`` (completions that stopped at the
-    token cap / all), and the paired change vs the baseline cell ``base`` (same problem and sample):
+    problems, ``rates.rate_row``), the ``rates.TRUNCATION_SCHEMA`` columns (``truncated_share``:
+    completions that stopped at the token cap / all, ``n_finished``, ``accuracy_finished`` = correct /
+    finished, ``mean_tokens``, ``median_tokens``; null shares without ``finish_reason``,
+    ``rates.truncation_row``), and the paired change vs the baseline cell ``base`` (same problem and sample):
     ``delta_bt`` / ``delta_acc`` = mean per-pair difference (cell minus baseline) with ``_lo/_hi`` from
     a 95% bootstrap over problems; ``n_pairs``, and ``bt_pairs`` / ``bt_pair_problems``: pairs where
     either side backtracks, and their problems. Every interval: ``n_boot`` replicates with ``seed``."""
-    n = rows.height
-    out: dict = {
-        **rate_row(rows, bt, ok, seed=seed, n_boot=n_boot),
-        "mean_tokens": float(rows["completion_tokens"].mean()) if n else float("nan"),
-        "truncated_share": float((rows["finish_reason"] == "length").mean()) if n else 0.0,
-    }
+    out: dict = {**rate_row(rows, bt, ok, seed=seed, n_boot=n_boot), **truncation_row(rows, ok)}
     pairs = rows.join(base, on=["example_id", "sample_id"], suffix="_base")
     prob = pairs["example_id"].to_numpy()
     for name, col in (("bt", bt), ("acc", ok)):

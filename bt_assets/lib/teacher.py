@@ -1,6 +1,7 @@
 """Teacher-forced measurements at the backtracking onset: logit lens, ablation scan, continuation.
 
-Every event is a token sequence (prompt + completion, as re-tokenised for detection) with a prediction
+Every event is a token sequence (the stored prompt + completion ids the model saw, or prompt +
+completion re-tokenised where a table has no stored ids) with a prediction
 position ``pred_pos`` whose logits predict the onset token ``target`` (e.g. " Wait"). Ablating a
 component at ``pred_pos`` cannot change anything before it (causal attention), so the scan and the
 continuation run the prefix ``[0, pred_pos)`` ONCE, copy its KV cache to R rows, and score one
@@ -140,6 +141,28 @@ def target_stats(logits: torch.Tensor, target: int) -> tuple[torch.Tensor, torch
 def encode_full(tokenizer, prompt: str, completion: str, add_bos: bool) -> tuple[int, ...]:
     """Token ids of prompt + completion as re-tokenised for detection (positions index into these)."""
     return tuple(tokenizer(prompt + completion, add_special_tokens=add_bos)["input_ids"])
+
+
+def stored_onset_index(tokenizer, ids: Sequence[int], text: str, char: int) -> int:
+    """Index in the sampled completion ``ids`` of the first token whose decoded prefix covers character
+    ``char`` of ``text`` (= ``decode(ids, skip_special_tokens=True)``, as the generation store wrote it):
+    the smallest k with ``decode(ids[:k+1])`` longer than ``char`` (binary search on the prefix lengths),
+    moved on while that prefix does not agree with ``text`` up to ``char`` (a split multi-byte character
+    decodes to a replacement character). -1 when ``char`` is outside the text or no prefix covers it."""
+    if not 0 <= char < len(text):
+        return -1
+
+    def prefix(k: int) -> str:
+        return tokenizer.decode(list(ids[:k]), skip_special_tokens=True)
+
+    lo, hi = 1, len(ids)
+    while lo < hi:  # smallest k with len(prefix(k)) > char
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if len(prefix(mid)) > char else (mid + 1, hi)
+    for k in range(lo, len(ids) + 1):
+        if prefix(k)[: char + 1] == text[: char + 1]:
+            return k - 1
+    return -1
 
 
 CONTINUATION_SCHEMA = {
