@@ -321,8 +321,10 @@ def _shape_at(path: tuple) -> Any:
 def _unknown_keys(tree: Any, path: tuple = ()) -> list[tuple]:
     """Paths of keys that no schema model at that place has (compared with the demo's full dump)."""
     out = []
+    shape = _shape_at(path)
+    if isinstance(shape, list | dict) and not isinstance(tree, type(shape)):
+        return out  # a mapping where a list belongs (or the reverse): rejected whole, never looked into
     if isinstance(tree, dict):
-        shape = _shape_at(path)
         if isinstance(shape, dict) and path[:1] != ("k8s",):  # k8s pod configs are free-form dicts
             out += [(*path, k) for k in tree if k not in shape]
         for k, v in tree.items():

@@ -46,9 +46,6 @@ def build(profile: Profile) -> list:
         """Phase-2 completions per sweep cell (subset x scale), decode-only ablation, all cells of the
         run decoding together in condition-batched rows; hook calls counted per cell and phase."""
         cells = cells_of(sweep_prompts, selected_layers, list(context.partition_keys))
-        n_layers = w.n_layers(profile, model)  # configured layers first: names phase2.subsets.N...
-        for c in cells:
-            check_layers(list(c.scales), n_layers, f"phase2 cell {c.key}")
         return w.generate(context, profile, model, gen_store, cells, sweep_prompts, HookState.empty())
 
     @dg.asset_check(**w.chunks_check(sweep_generations, "sweep_prompts", "selected_layers"))

@@ -11,7 +11,6 @@ from bt_assets.config import Profile
 from bt_assets.lib import report_pages as pages
 from bt_assets.lib.chunkstore import atomic_write_bytes
 from bt_assets.lib.events import analysis_view, baseline_view
-from bt_assets.lib.provenance import hardware, software
 from bt_assets.lib.rates import finished_summary
 
 
@@ -19,8 +18,7 @@ def build(profile: Profile) -> list:
     det, grd = profile.detection.mode, profile.grading.mode
 
     def page(title: str) -> pages.Page:
-        prov = {**w.provenance(profile), "hardware": hardware(), "software": software()}
-        prov |= {"detection_mode": det, "grading_mode": grd}
+        prov = {**w.run_provenance(profile), "detection_mode": det, "grading_mode": grd}
         prov["generated"] = datetime.now(UTC).isoformat(timespec="seconds")
         dirs = {"figures_dir": profile.path("figures"), "reports_dir": profile.path("reports")}
         return pages.Page(title, prov, evidence=profile.analysis.evidence, **dirs)

@@ -25,6 +25,7 @@ from bt_assets.lib.generation import Cell, CellReport, GenerationStore
 from bt_assets.lib.hooks import HookState, decoder_layers
 from bt_assets.lib.prompts import PromptStyle, Variant
 from bt_assets.lib.provenance import code_version, hardware, software
+from bt_assets.lib.sweeps import check_layers
 from bt_assets.partitions import (  # re-exported: the partition keys of the generation assets
     ablation_keys,
     phase1_keys,
@@ -84,6 +85,12 @@ def provenance(profile: Profile) -> dict[str, str]:
     }
 
 
+def run_provenance(profile: Profile) -> dict[str, str]:
+    """``provenance`` plus the machine: hardware and software versions (every materialization, every
+    report header)."""
+    return {**provenance(profile), "hardware": hardware(), "software": software()}
+
+
 def materialized(
     profile: Profile,
     value: Any = NO_VALUE,
@@ -93,7 +100,7 @@ def materialized(
 ) -> dg.MaterializeResult:
     """The one way an asset reports: its value (stored by the IO manager), its checks, and metadata =
     provenance (profile, hash, code version, seed, hardware, software) + ``metadata``."""
-    meta = {**provenance(profile), "hardware": hardware(), "software": software(), **metadata}
+    meta = {**run_provenance(profile), **metadata}
     if value is NO_VALUE:
         return dg.MaterializeResult(metadata=meta, check_results=list(checks))
     return dg.MaterializeResult(value=value, metadata=meta, check_results=list(checks))
@@ -223,8 +230,9 @@ def generate(
     """Generate every missing chunk of ``cells`` in one pass (one model load) and report each cell as
     its partition's metadata. Prompts are padded to the longest of ``prompt_table`` (all cells of the
     asset), so a cell's tokens do not depend on which other cells share its run."""
-    n_layers(profile, model)  # fail before any decoding, naming the key
-    for c in cells:
+    layers = n_layers(profile, model)  # fail before any decoding, naming the key
+    for c in cells:  # every cell's scaled layers exist in the loaded model
+        check_layers(list(c.scales), layers, f"cell {c.key}")
         if c.scales:
             context.log.info(f"{c.key}: {len(c.scales)} components scaled: {sorted(c.scales)}")
     reports = gen_store.run(
