@@ -12,13 +12,29 @@ Prints tok/s of each, peak GPU memory, and as its last line ``speedup: <b over a
 
     python bench/gpu_throughput.py                       # on a CUDA machine: 64 prompts x 4 x 2 x 512
     python bench/gpu_throughput.py --tiny --device cpu   # smoke test of the script on a CPU (tiny config)
+
+Long-budget mode (issue 16, ``--long-budget``): the ``study`` profile's shape of work: 4096 new tokens,
+T 0.6, top-p 0.95, no top-k, natural EOS with a realistic length distribution. The random model never
+says EOS by itself, so a hook on the unembedding gives EOS a constant hazard per step (its probability
+before the nucleus, ``--eos-hazard``, default ln 2 / 1200: median length about 1,200 tokens, about 9% of
+rows at the 4096 cap, lengths from a few tokens to the cap, like R1's long tail). The rows live at once
+are planned from free memory (``batch_plan``; ``--batch-size`` sets them by hand). Prints the length
+distribution, tokens/s, live rows, peak memory and the hours the study profile's ~20,800 completions
+would take; ``--compare-static`` also runs static batches of the same size and prints ``speedup: x``.
+
+    python bench/gpu_throughput.py --long-budget                        # CUDA: 48 prompts x 8 x 2 rows
+    python bench/gpu_throughput.py --long-budget --compare-static
+    python bench/gpu_throughput.py --long-budget --tiny --device cpu --tokens 64 --prompts 4  # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,6 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import generation as bench  # noqa: E402
+
+from bt_assets.lib.engine import EngineOptions, Request, SamplingConfig, generate  # noqa: E402
+from bt_assets.lib.hooks import scale_table  # noqa: E402
+
+STUDY_COMPLETIONS = 20_800  # ~10,800 Phase-1 + ~10,000 Phase-2 completions of the study profile
 
 R1_DISTILL_QWEN_1_5B = dict(
     vocab_size=151936,
@@ -58,6 +79,85 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def eos_hazard_hook(eos: int, hazard: float, temperature: float):
+    """A forward hook on the unembedding: EOS gets probability ``hazard`` (at ``temperature``, before the
+    nucleus) at every position, whatever the other logits: a constant per-step stopping chance."""
+    odds = math.log(hazard / (1 - hazard))
+
+    def hook(_m, _inputs, logits: torch.Tensor) -> torch.Tensor:
+        z = logits.float() / temperature
+        z[..., eos] = -math.inf
+        out = logits.clone()
+        out[..., eos] = (temperature * (odds + torch.logsumexp(z, dim=-1))).to(logits.dtype)
+        return out
+
+    return hook
+
+
+def long_budget(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """The study profile's long budget: continuous batching, planned rows, natural (hazard) EOS."""
+    n_layers, eos, cuda = model.config.num_hidden_layers, 0, args.device.startswith("cuda")
+    conditions = [{}, {("mlp", n_layers - 1): 0.0, ("mlp", n_layers - 2): 0.0, ("attn", n_layers - 1): 0.0}]
+    table = scale_table(conditions, n_layers)
+    gen = torch.Generator().manual_seed(1)
+    lens = torch.randint(args.prompt_len // 2, args.prompt_len * 3 // 2, (args.prompts,), generator=gen)
+    prompts = [torch.randint(1, model.config.vocab_size, (int(n),), generator=gen).tolist() for n in lens]
+    reqs = [
+        Request(problem_key=p, sample_id=s, condition=c, prompt_ids=tuple(ids))
+        for p, ids in enumerate(prompts)
+        for s in range(args.samples)
+        for c in range(len(conditions))
+    ]
+    sampling = SamplingConfig(temperature=0.6, top_p=0.95, top_k=0, max_new_tokens=args.tokens, seed=42)
+    handle = model.get_output_embeddings().register_forward_hook(eos_hazard_hook(eos, args.eos_hazard, 0.6))
+    base = EngineOptions.for_device(args.device)
+    rows = args.batch_size if args.batch_size_set else None
+    width = max(map(len, prompts))
+    print(f"{len(reqs)} rows, prompts {min(lens)}-{max(lens)} tokens, {args.tokens} new tokens", flush=True)
+
+    def side(scheduler: str, rows: int | None) -> tuple[float, int, list[int]]:
+        events: list[dict] = []
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        opts = replace(base, scheduler=scheduler)
+        out = generate(
+            model, reqs, table, sampling, [eos], pad_id=eos, batch_size=rows, prompt_width=width,
+            options=opts, progress=events.append,
+        )  # fmt: skip
+        lengths = [c.n_tokens for batch in out for c in batch]
+        sync(args.device)
+        wall = time.perf_counter() - t
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+        live = max((e.get("max_rows", rows or 0) for e in events), default=rows or 0)
+        print(
+            f"{scheduler}: {sum(lengths):,} tokens in {wall:.1f}s = {sum(lengths) / wall:,.0f} tok/s, "
+            f"live rows {live}, peak memory {peak:.1f} GiB",
+            flush=True,
+        )
+        return wall, live, lengths
+
+    try:
+        wall, live, lengths = side("continuous", rows)
+        q = statistics.quantiles(lengths, n=20)
+        print(
+            f"lengths: median {statistics.median(lengths):.0f}, p25 {q[4]:.0f}, p75 {q[14]:.0f}, "
+            f"p95 {q[18]:.0f}, mean {statistics.mean(lengths):.0f}; "
+            f"{sum(n >= args.tokens for n in lengths) / len(lengths):.0%} at the cap"
+        )
+        rate = sum(lengths) / wall
+        hours = STUDY_COMPLETIONS * statistics.mean(lengths) / rate / 3600
+        print(
+            f"study profile estimate ({STUDY_COMPLETIONS:,} completions at this mean length): {hours:.2f} h"
+        )
+        if args.compare_static:
+            wall_static, _, _ = side("static", live)
+            print(f"speedup: {wall_static / wall:.2f}")
+    finally:
+        handle.remove()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cuda")
@@ -69,9 +169,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--baseline-prompts", type=int, default=2)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--long-budget", action="store_true", help="the study profile's 4096-token budget")
+    ap.add_argument("--eos-hazard", type=float, default=math.log(2) / 1200, help="long budget: P(EOS)/step")
+    ap.add_argument("--compare-static", action="store_true", help="long budget: also static batches")
     args = ap.parse_args()
+    args.batch_size_set = any(a.startswith("--batch-size") for a in sys.argv[1:])
     dtype = getattr(torch, args.dtype)
     model = build(args.tiny, args.device, dtype)
+    if args.long_budget:
+        if not any(a.startswith(("--tokens", "--prompts", "--samples")) for a in sys.argv[1:]):
+            args.tokens, args.prompts, args.samples = 4096, 48, 8
+        long_budget(args, model)
+        return
     n_layers = model.config.num_hidden_layers
     conditions = [{}, {("mlp", n_layers - 1): 0.0, ("mlp", n_layers - 2): 0.0, ("attn", n_layers - 1): 0.0}]
     gen = torch.Generator().manual_seed(1)

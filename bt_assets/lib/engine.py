@@ -10,7 +10,8 @@ token uses the counter-based uniform of (seed, problem, sample, t), so the condi
 sample) are paired. Each row stops at its own EOS and leaves the batch (its cache rows are dropped).
 The loop's state is one ``DecodeState`` (``bt_assets.lib.decode_state``); its device-dependent choices
 are one ``EngineOptions`` (``bt_assets.lib.engine_options``; ``EngineOptions.for_device``: the CPU
-defaults are the bit-exact path below, the CUDA defaults are not).
+defaults are the bit-exact path below, the CUDA defaults are not, and use continuous batching:
+``bt_assets.lib.scheduler``, where a finished row's slot is refilled; same completions, same keys).
 
 Bit-exactness rules (fp32 on CPU, the CPU ``EngineOptions``; bench/RESULTS.md has the measurements).
 A completion is then bit-identical whatever its batch size, order or neighbours, and a condition that
@@ -64,6 +65,7 @@ from torch import nn
 from bt_assets.lib.decode_state import DecodeState
 from bt_assets.lib.engine_options import MIN_DECODE_ROWS, EngineOptions, attention_kernel
 from bt_assets.lib.hooks import HookState, ablation_hooks, decoder_layers
+from bt_assets.lib.progress import progress_event
 
 if TYPE_CHECKING:
     from transformers.cache_utils import Cache
@@ -335,7 +337,7 @@ def generate(
     sampling: SamplingConfig,
     eos_ids: Sequence[int],
     pad_id: int,
-    batch_size: int = 64,
+    batch_size: int | None = 64,
     hook_state_out: HookState | None = None,
     progress: Callable[[dict], None] | None = None,
     eos_check_every: int | None = None,
@@ -343,7 +345,9 @@ def generate(
     prompt_width: int = 0,
     options: EngineOptions | None = None,
 ) -> Iterator[list[Completion]]:
-    """Yield the completions of each finished batch (in ``batch_order``, not request order).
+    """Yield the completions of each finished batch (in ``batch_order``, not request order); with
+    ``options.scheduler == "continuous"``, of the rows finished at each check (``scheduler``; admitted in
+    request order, at most ``batch_size`` rows live).
 
     Ablation hooks on every (layer, component) scaled by some condition of ``scales`` (C, L, 2), decode
     only. One HookState serves the whole call; its call counts keep accumulating in ``hook_state_out``
@@ -355,13 +359,25 @@ def generate(
     CPU a completion is bit-identical whatever its batch size, order or neighbours.
 
     ``options``: the device-dependent choices; None = ``EngineOptions.for_device`` of the model's device.
-    ``eos_check_every``, when given, overrides ``options.eos_check_every``.
+    ``eos_check_every``, when given, overrides ``options.eos_check_every``. ``batch_size`` None: planned
+    from free device memory (``batch_plan.plan_for``).
     """
     opts = options or EngineOptions.for_device(_device(model))
     if eos_check_every:
         opts = replace(opts, eos_check_every=eos_check_every)
     state = hook_state_out if hook_state_out is not None else HookState.empty()
     state.scales, state.decode_only = scales.detach().float(), True
+    if batch_size is None:  # planned from free memory, KV bytes per token and the budget
+        from bt_assets.lib.batch_plan import plan_for
+
+        width = max([prompt_width, *(len(r.prompt_ids) for r in requests)])
+        batch_size = plan_for(model, prompt_width=width, max_new_tokens=sampling.max_new_tokens).rows
+    if opts.scheduler == "continuous":
+        from bt_assets.lib.scheduler import generate_continuous
+
+        kw = {"options": opts, "rows": batch_size, "prompt_width": prompt_width, "progress": progress}
+        yield from generate_continuous(model, requests, state, sampling, eos_ids, pad_id, **kw)
+        return
     t0, tokens, done = time.perf_counter(), 0, 0
     for rows in batches(requests, batch_order(requests), batch_size):
         batch = [requests[i] for i in rows]
@@ -379,17 +395,5 @@ def generate(
             )
         done, tokens = done + len(comps), tokens + sum(c.n_tokens for c in comps)
         if progress is not None:
-            progress(_progress(done, len(requests), tokens, time.perf_counter() - t0))
+            progress(progress_event(done, len(requests), tokens, time.perf_counter() - t0))
         yield comps
-
-
-def _progress(done: int, total: int, tokens: int, elapsed: float) -> dict:
-    """The progress event of ``generate``: rows and tokens so far, rates, and the remaining time."""
-    rate = done / elapsed if elapsed > 0 else 0.0
-    return {
-        "rows_done": done,
-        "rows_total": total,
-        "tokens": tokens,
-        "tok_per_s": tokens / elapsed if elapsed > 0 else 0.0,
-        "eta_s": (total - done) / rate if rate > 0 else float("nan"),
-    }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -34,10 +35,19 @@ class EngineOptions:
     row_exact_attention: bool = True
     # default a bf16/fp16 model to the shared-prefix decode attention (``engine.decode_batch``)
     shared_attention_low_precision: bool = True
+    # "static": fixed batches that decode until their longest row ends (the bit-exact CPU path, whose
+    # completions are pinned by the golden test); "continuous": a finished row's slot is refilled from
+    # the queue (``bt_assets.lib.scheduler``; the same completions in fp32 on CPU, see its docstring)
+    scheduler: Literal["static", "continuous"] = "static"
+    # continuous: refill once 1/refill_fraction of the live-row limit is free (fewer, larger prefills
+    # and fewer segments, i.e. sdpa calls per layer, against slots idling a few steps)
+    refill_fraction: int = 8
 
     def __post_init__(self) -> None:
-        if self.min_decode_rows < 1 or self.eos_check_every < 1:
+        if self.min_decode_rows < 1 or self.eos_check_every < 1 or self.refill_fraction < 1:
             raise ValueError(f"invalid engine options {self}")
+        if self.scheduler not in ("static", "continuous"):
+            raise ValueError(f"unknown scheduler {self.scheduler!r}")
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> EngineOptions:
@@ -53,7 +63,8 @@ class EngineOptions:
         cache; every 8 steps a finished row decodes at most 7 tokens for nothing (about 1% of a
         512-token budget) while checks and cache copies happen 8x less often. The sampler syncs once
         per step anyway (its tie check), so a longer interval (e.g. 32) would save little more and
-        waste up to 31 steps per finished row."""
+        waste up to 31 steps per finished row. The continuous scheduler: with long-tailed lengths
+        (R1 at 4096 new tokens) fixed batches idle most slots behind their longest row."""
         if torch.device(device).type == "cpu":
             return cls()
         return cls(
@@ -61,6 +72,7 @@ class EngineOptions:
             eos_check_every=8,
             row_exact_attention=False,
             shared_attention_low_precision=False,
+            scheduler="continuous",
         )
 
 

@@ -3,7 +3,9 @@
 ``SlabLayer`` replaces ``DynamicLayer``'s ``torch.cat`` per step (a copy of the whole cache) with writes
 into room allocated up front. ``SharedPrefixCache`` keeps each distinct prompt's K/V once and the rows'
 generated K/V in a float32 slab; its ``attend`` runs one decode step's attention for all rows (see the
-class). Both layer kinds share one in-place append (``_InPlaceLayer``).
+class). Both layer kinds share one in-place append (``_InPlaceLayer``). ``RowSlab`` is the continuous
+scheduler's (``bt_assets.lib.scheduler``): one preallocated slab for every live row, attended per
+segment of rows by ``cohort_attention``.
 
 Importing this module imports transformers and registers the attention function ``SHARED_ATTENTION``
 with it; ``bt_assets.lib.engine`` imports it only when it decodes, so loading the Dagster definitions
@@ -20,7 +22,10 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from bt_assets.lib.batch_plan import KVShape
+
 SHARED_ATTENTION = "bt_shared_prefix"  # the attention implementation name the decode steps switch to
+COHORT_ATTENTION = "bt_cohorts"  # the continuous scheduler's decode attention (``RowSlab``)
 
 
 class _InPlaceLayer(DynamicLayer):
@@ -238,3 +243,75 @@ def shared_prefix_attention(
 
 
 AttentionInterface.register(SHARED_ATTENTION, shared_prefix_attention)
+
+
+class SlabRows(DynamicLayer):
+    """One layer of ``RowSlab``: (rows, KV heads, capacity, head dim) K and V, preallocated."""
+
+    is_croppable = False
+
+    def __init__(self, slab: RowSlab, k: torch.Tensor, v: torch.Tensor) -> None:
+        super().__init__()
+        self.slab, self.k, self.v = slab, k, v
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+        """Write a decode step's K/V (b, Hkv, 1, D) of every forward row at its slot and column."""
+        self.k[self.slab.slots, :, self.slab.cols] = key_states[:, :, 0]
+        self.v[self.slab.slots, :, self.slab.cols] = value_states[:, :, 0]
+        return self.k, self.v
+
+    def get_seq_length(self) -> int:
+        return self.slab.longest
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class RowSlab(Cache):
+    """The continuous scheduler's KV cache: every layer's slab, the rows' attention masks (prompt padding
+    False), and the current forward's layout (``plan``: query rows -> slab rows and columns)."""
+
+    def __init__(self, shape: KVShape, rows: int, capacity: int, dtype: torch.dtype, device: torch.device):
+        """Allocate ``rows`` x ``capacity`` positions of every layer up front (in ``dtype``)."""
+        self.attend = torch.ones(rows, 1, 1, capacity, dtype=torch.bool, device=device)
+        self.slots = self.cols = torch.zeros(0, dtype=torch.long, device=device)
+        self.plan: list[tuple[int, int, int, int, int]] = []  # (q_lo, q_hi, slab_lo, slab_hi, columns)
+        self.longest = 0
+        dims = (rows, shape.n_kv_heads, capacity, shape.head_dim)
+        k = torch.empty((shape.n_layers, *dims), dtype=dtype, device=device)
+        v = torch.empty((shape.n_layers, *dims), dtype=dtype, device=device)
+        super().__init__(layers=[SlabRows(self, k[i], v[i]) for i in range(shape.n_layers)])
+
+
+def cohort_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention implementation ``COHORT_ATTENTION``: one sdpa call per segment of a ``bt_cohorts`` slab
+    over that segment's filled columns (the static path's call on the same columns); else plain sdpa."""
+    slab = kwargs.pop("bt_cohorts", None)
+    if slab is None or query.shape[2] != 1:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    layer = slab.layers[module.layer_idx]
+    outs = []
+    for q_lo, q_hi, lo, hi, n in slab.plan:
+        k, v, m = layer.k[lo:hi, :, :n], layer.v[lo:hi, :, :n], slab.attend[lo:hi, :, :, :n]
+        if hi - lo != q_hi - q_lo:  # floor padding: repeats of one row
+            k, v, m = (x.expand(q_hi - q_lo, *x.shape[1:]) for x in (k, v, m))
+        out, _ = sdpa_attention_forward(
+            module, query[q_lo:q_hi], k, v, m, dropout=dropout, scaling=scaling, **kwargs
+        )
+        outs.append(out)
+    return torch.cat(outs), None
+
+
+AttentionInterface.register(COHORT_ATTENTION, cohort_attention)

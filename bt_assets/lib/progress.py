@@ -1,4 +1,5 @@
-"""Progress lines of a long generation (rows done, tokens, tok/s, ETA) for a run log."""
+"""Progress lines of a long generation (rows done, tokens, tok/s, ETA, live rows) for a run log, and the
+engine's progress event (``progress_event``)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,27 @@ import time
 from collections.abc import Callable, Mapping
 
 
+def progress_event(done: int, total: int, tokens: int, elapsed: float) -> dict:
+    """The engine's progress event: rows and tokens so far (cumulative within one ``generate`` call),
+    rates, and the remaining time at the rows' rate so far (with continuous batching the short rows
+    finish first, so the first events' ETA is optimistic; it settles once the slots turn over)."""
+    rate = done / elapsed if elapsed > 0 else 0.0
+    return {
+        "rows_done": done,
+        "rows_total": total,
+        "tokens": tokens,
+        "tok_per_s": tokens / elapsed if elapsed > 0 else 0.0,
+        "eta_s": (total - done) / rate if rate > 0 else float("nan"),
+    }
+
+
 class ProgressLog:
     """Throttled progress lines of a long generation: rows done of the run's total, tokens, tok/s, ETA.
 
     ``batch_done`` takes the engine's per-batch progress dicts (cumulative within one ``generate`` call);
-    ``chunk_done`` closes that call. A line goes out after the first batch, then when ``every_s`` seconds
-    have passed since the last line, and when the last row is done."""
+    ``chunk_done`` closes that call; an event with ``live_rows`` (the continuous scheduler) adds the rows
+    decoding now and the live-row limit to the line. A line goes out after the first batch, then when
+    ``every_s`` seconds have passed since the last line, and when the last row is done."""
 
     def __init__(
         self,
@@ -26,10 +42,13 @@ class ProgressLog:
         self.rows = self.tokens = 0  # finished generate calls
         self.rows_now = self.tokens_now = 0  # including the call in flight
         self.lines = 0
+        self.live = ""  # ", N live rows (limit M)" from the latest event that has them
 
     def batch_done(self, event: Mapping[str, float]) -> None:
         self.rows_now = self.rows + int(event["rows_done"])
         self.tokens_now = self.tokens + int(event["tokens"])
+        if "live_rows" in event:
+            self.live = f", {int(event['live_rows'])} live rows (limit {int(event.get('max_rows', 0))})"
         now = self.clock()
         due = self.last is None or now - self.last >= self.every_s or self.rows_now >= self.rows_total
         if self.emit is not None and due:
@@ -47,7 +66,7 @@ class ProgressLog:
         return (
             f"generation progress: {self.rows_now}/{self.rows_total} rows ({pct:.0f}%), "
             f"{self.tokens_now} tokens, {self.tokens_now / max(elapsed, 1e-9):.1f} tok/s, "
-            f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}"
+            f"elapsed {_hms(elapsed)}, ETA {_hms(eta)}{self.live}"
         )
 
 
