@@ -9,23 +9,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from bt_assets.intervention_sections import ComponentMeansCfg, HeadScanCfg, InterventionCfg, SteeringCfg
 from bt_assets.lib.hooks import COMPONENTS
 from bt_assets.lib.stats import Evidence
+from bt_assets.section_types import (  # noqa: F401 (re-exported: the sections' shared types)
+    Component,
+    Fraction01,
+    NonEmptyStr,
+    NonNegFloat,
+    NonNegInt,
+    PosInt,
+    Strict,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-Fraction01 = Annotated[float, Field(ge=0.0, le=1.0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-Component = Literal[COMPONENTS]  # "attn" | "mlp"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RunCfg(Strict):
@@ -106,8 +105,13 @@ class GenerationCfg(Strict):
     temperature: Annotated[float, Field(ge=0.0)] = 0.7
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.95
     top_k: NonNegInt = 64
-    batch_size: PosInt = 64
+    batch_size: PosInt | None = Field(
+        64, description="rows per batch (static) or live rows (continuous); null = planned from free memory"
+    )
     chunk_problems: PosInt = Field(8, description="problems per resumable chunk")
+    scheduler: Literal["static", "continuous"] | None = Field(
+        None, description="static | continuous; default by device (CPU static: bit-exact; GPU continuous)"
+    )
     min_decode_rows: PosInt | None = Field(
         None, description="engine row floor; default by device (CPU 16: the bit-exact path; GPU 1)"
     )
@@ -254,6 +258,32 @@ class ContinuationCfg(Strict):
     max_events: PosInt = 150
     top_tokens: PosInt = 5
     synonyms: list[str] = ["Actually", "Hold on", "Hmm", "But", "Let me", "However", "No"]
+    min_onset_stability: Fraction01 | None = Field(
+        None,
+        description="keep only events whose clean onset resamples backtrack again at least this often "
+        "(needs phase2.onset_resamples); None keeps every sampled event",
+    )
+
+
+class OnsetResamplesCfg(Strict):
+    """``onset_resamples``: continuations resampled from the prefix before a BT onset, clean and with
+    ``subset`` scaled by ``scale`` for the first ``first_k_steps`` decode steps only."""
+
+    subset: str
+    scale: NonNegFloat = 0.0
+    max_events: PosInt = 40
+    samples: PosInt = Field(8, description="continuations per event and condition")
+    first_k_steps: PosInt = Field(1, description="decode steps the subset is scaled for (1: the onset step)")
+    window_tokens: PosInt = Field(16, description="a continuation backtracks if it does within these tokens")
+    max_new_tokens: PosInt = Field(64, description="tokens per continuation; finished ones are graded")
+
+    @model_validator(mode="after")
+    def _within_budget(self) -> OnsetResamplesCfg:
+        for key in ("window_tokens", "first_k_steps"):
+            value = getattr(self, key)
+            if value > self.max_new_tokens:
+                raise ValueError(f"{key} ({value}) exceeds max_new_tokens ({self.max_new_tokens})")
+        return self
 
 
 class Phase2Cfg(Strict):
@@ -264,22 +294,46 @@ class Phase2Cfg(Strict):
     subsets: list[Subset] = []
     scale_sweep: ScaleSweepCfg | None = None
     continuation: ContinuationCfg | None = None
+    onset_resamples: OnsetResamplesCfg | None = None
     best_tradeoff_min_accuracy: Fraction01 = 0.5
     schedule_cron: str | None = None
     schedule_enabled: bool = False
     allow_scale_above_one: bool = Field(
         False, description="let scale_sweep/continuation scales exceed 1 (amplify instead of ablate)"
     )
+    interventions: list[InterventionCfg] = []
+    steering: SteeringCfg = SteeringCfg()
+    head_scan: HeadScanCfg = HeadScanCfg()
+    component_means: ComponentMeansCfg = ComponentMeansCfg()
+
+    @model_validator(mode="after")
+    def _intervention_refs(self) -> Phase2Cfg:
+        problems, names = [], [iv.name for iv in self.interventions]
+        if len(set(names)) != len(names):
+            problems.append(f"phase2.interventions: duplicate names {names}")
+        for i, iv in enumerate(self.interventions):  # unknown subsets: Profile's cross-references
+            if iv.kind == "scale" and not self.allow_scale_above_one:
+                problems += [
+                    f"phase2.interventions.{i}.strengths.{j}: {x} is above 1 "
+                    "(set phase2.allow_scale_above_one to amplify)"
+                    for j, x in enumerate(iv.strengths)
+                    if x > 1.0
+                ]
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
 
     @field_validator("schedule_cron")
     @classmethod
     def _valid_cron(cls, v: str | None) -> str | None:
         if v is not None:
-            from dagster._utils.schedules import is_valid_cron_string  # only when a cron is configured
+            import dagster as dg  # only when a cron is configured
 
-            try:
-                ok = is_valid_cron_string(v)
-            except Exception:  # croniter raises assorted types on garbage
+            try:  # dagster's public check, the one its schedules and automation conditions apply
+                ok = len(v.split()) == 5 and bool(
+                    dg.ScheduleDefinition(name="cron", cron_schedule=v, job_name="cron")
+                )
+            except Exception:  # DagsterInvalidDefinitionError, or assorted types on garbage
                 ok = False
             if not ok:
                 raise ValueError(f"{v!r} is not a 5-field cron expression (e.g. '0 2 * * *')")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,9 @@ from bt_assets.lib.chunkstore import ChunkStore, ChunkStoreError, atomic_write_b
 from bt_assets.lib.engine import Request, SamplingConfig, generate
 from bt_assets.lib.engine_options import EngineOptions
 from bt_assets.lib.hooks import HookState, decoder_layers, scale_table
+from bt_assets.lib.interventions import Intervention, fingerprint_items, intervention_tables
 from bt_assets.lib.progress import ProgressLog
+from bt_assets.lib.streaming import by_chunk
 
 GENERATION_SCHEMA = {
     "example_id": pl.Int64,
@@ -52,6 +53,8 @@ class Cell:
 
     ``scales`` maps (component, layer) to the factor its output is multiplied by at every decode
     step (decode-only: the prompt prefill is never ablated); empty = the unhooked baseline.
+    ``interventions``: the other kinds (heads, mean, steer, token_ban; ``bt_assets.lib.interventions``),
+    also decode-only; empty for every cell that has none (and then not in the fingerprint).
     """
 
     key: str
@@ -59,6 +62,7 @@ class Cell:
     condition: str
     prompts: pl.DataFrame  # example_id, prompt, prompt_hash, prompt_tokens
     scales: Mapping[tuple[str, int], float] = field(default_factory=dict)
+    interventions: tuple[Intervention, ...] = ()
 
 
 @dataclass
@@ -150,8 +154,11 @@ class GenerationStore:
     add_bos: bool
 
     def fingerprint(self, cell: Cell) -> str:
+        # interventions only when present: other cells keep their fingerprints (their chunk directories)
+        extra = {"interventions": fingerprint_items(cell.interventions)} if cell.interventions else {}
         blob = json.dumps(
             {
+                **extra,
                 "model": dict(self.identity),
                 "sampling": self.sampling.__dict__,
                 "samples": self.samples,
@@ -224,7 +231,7 @@ class GenerationStore:
         tokenizer,
         cells: Sequence[Cell],
         *,
-        batch_size: int,
+        batch_size: int | None,
         eos_ids: Sequence[int],
         provenance: Mapping[str, str],
         hook_state: HookState | None = None,
@@ -245,6 +252,11 @@ class GenerationStore:
         """
         n_layers = len(decoder_layers(model))
         scales = scale_table([c.scales for c in cells], n_layers)
+        tables = intervention_tables(model, [c.interventions for c in cells])  # None: no cell has any
+        if tables is not None:  # intervention cells always count their hooks (a sidecar per chunk)
+            hook_state = hook_state if hook_state is not None else HookState.empty()
+        if hook_state is not None:
+            hook_state.tables = tables
         stores = [self.chunk_store(c) for c in cells]
         chunked = [self.chunks(c) for c in cells]
         n_chunks = max(len(ch) for ch in chunked)
@@ -271,6 +283,7 @@ class GenerationStore:
             ),
             progress_every_s,
         )
+        work: dict[int, tuple[list[int], list[Request]]] = {}  # chunk -> (pending cells, requests)
         for k in range(n_chunks):
             pending = [
                 i
@@ -294,27 +307,20 @@ class GenerationStore:
                 for row in chunked[i][k].iter_rows(named=True)
                 for s in range(self.samples)
             ]
-            before = Counter(hook_state.cell_counts) if hook_state is not None else Counter()
-            t0 = time.perf_counter()
-            done = [
-                c
-                for batch in generate(
-                    model,
-                    requests,
-                    scales,
-                    self.sampling,
-                    eos_ids=eos_ids,
-                    pad_id=pad_id,
-                    batch_size=batch_size,
-                    hook_state_out=hook_state,
-                    progress=tracker.batch_done,
-                    prompt_width=prompt_width,
-                    options=options,
-                )
-                for c in batch
-            ]
-            elapsed = time.perf_counter() - t0
-            tracker.chunk_done()
+            work[k] = (pending, requests)
+        opts = options or EngineOptions.for_device(next(model.parameters()).device)
+        kw = {"batch_size": batch_size, "hook_state_out": hook_state, "progress": tracker.batch_done}
+        kw |= {"prompt_width": prompt_width, "options": opts}
+        counts = (lambda: Counter(hook_state.cell_counts)) if hook_state is not None else Counter
+        before = {i: counts() for i in range(len(cells))}  # hook counts at each cell's last chunk write
+        stream = by_chunk(
+            {k: reqs for k, (_, reqs) in work.items()},
+            lambda reqs: generate(model, reqs, scales, self.sampling, eos_ids, pad_id, **kw),
+            together=opts.scheduler == "continuous",  # rows of later chunks fill freed slots
+            call_done=tracker.chunk_done,
+        )
+        for k, done, elapsed in stream:
+            pending = work[k][0]
             by_cell: dict[int, list[dict]] = {i: [] for i in pending}
             for comp in done:
                 i, row = comp.request.tag
@@ -323,7 +329,8 @@ class GenerationStore:
             for i in pending:
                 df = pl.DataFrame(by_cell[i], schema=GENERATION_SCHEMA).sort("example_id", "sample_id")
                 if hook_state is not None:  # the sidecar first: the chunk file is what marks chunk k done
-                    _write_hook_counts(stores[i], k, i, hook_state.cell_counts - before)
+                    _write_hook_counts(stores[i], k, i, hook_state.cell_counts - before[i])
+                    before[i] = counts()
                 stores[i].write(k, df)
                 rep = reports[cells[i].key]
                 rep.chunks_written += 1

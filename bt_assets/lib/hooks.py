@@ -7,6 +7,8 @@ maps batch rows to conditions, so one batch carries several conditions. The call
 sets an explicit ``phase``; with ``decode_only`` the hooks leave the prefill alone, so the prompt's K/V
 stay intact, instead of guessing the phase from the sequence length as the original did.
 Multiplying by exactly 1.0 is exact, so unscaled rows stay bit-identical to an unhooked forward.
+The other intervention kinds (head scaling, mean ablation, steering, logit offsets) are per-condition
+tables in ``HookState.tables``, hooked by ``bt_assets.lib.intervention_hooks`` under the same rules.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from bt_assets.lib.intervention_hooks import InterventionTables
 
 COMPONENTS = ("attn", "mlp")
 Phase = Literal["prefill", "decode", "teacher"]
@@ -59,7 +64,8 @@ class HookState:
     Assign new tensors rather than editing them in place: per-batch host copies are cached by identity.
     ``counts`` / ``applied`` are keyed (phase, component, layer): hook calls, and calls that scaled some
     row by a value != 1. ``cell_counts`` is keyed (condition, phase, component, layer, "calls"|"applied")
-    for the conditions present in the batch.
+    for the conditions present in the batch. ``tables``: the other intervention kinds' per-condition
+    tables (``intervention_hooks.InterventionTables``, same condition axis as ``scales``); None = none.
     """
 
     scales: torch.Tensor
@@ -67,6 +73,7 @@ class HookState:
     phase: Phase = "prefill"
     decode_only: bool = True
     positions: torch.Tensor | None = None
+    tables: InterventionTables | None = None
     counts: Counter = field(default_factory=Counter)
     applied: Counter = field(default_factory=Counter)
     cell_counts: Counter = field(default_factory=Counter)
@@ -168,9 +175,10 @@ def _hook(state: HookState, layer: int, comp: str) -> Callable[..., Any]:
 
 @contextmanager
 def ablation_hooks(model: nn.Module, state: HookState) -> Iterator[HookState]:
-    """Hook every (layer, component) whose scale is != 1.0 in some condition; remove the hooks on exit.
+    """Hook every (layer, component) whose scale is != 1.0 in some condition, and whatever
+    ``state.tables`` needs (``intervention_hooks.register_hooks``); remove the hooks on exit.
 
-    An all-ones table registers nothing, so baseline runs have no overhead at all."""
+    An all-ones table (and no or all-identity tables) registers nothing: baseline runs have no overhead."""
     n_layers = len(decoder_layers(model))
     if tuple(state.scales.shape[1:]) != (n_layers, len(COMPONENTS)):
         raise ValueError(f"scale table {tuple(state.scales.shape)} does not fit a {n_layers}-layer model")
@@ -182,6 +190,10 @@ def ablation_hooks(model: nn.Module, state: HookState) -> Iterator[HookState]:
                 if scaled[layer][ci]:
                     hook = _hook(state, layer, comp)
                     handles.append(component_module(model, layer, comp).register_forward_hook(hook))
+        if state.tables is not None:
+            from bt_assets.lib.intervention_hooks import register_hooks  # it imports this module
+
+            handles += register_hooks(model, state)
         yield state
     finally:
         for h in handles:
