@@ -55,12 +55,13 @@ audit: $(STAMP)  ## known vulnerabilities in requirements.lock (pip-audit, needs
 lock: $(STAMP)  ## rewrite requirements.lock from the installed .[dev,deploy] closure
 	$(BIN)/python .ci/audit.py lock
 
-validate: $(STAMP)
+validate: $(STAMP)  ## both code locations load: the dg project (BT_PROFILE) and the whole workspace
+	$(BIN)/dg check defs
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
-dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000
+dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000, both code locations (dg dev alone: the live one)
 	mkdir -p $(DAGSTER_HOME) && cp -n dagster.yaml $(DAGSTER_HOME)/ || true
-	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+	$(BIN)/dg dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 clean:
 	rm -rf storage figures reports .dagster_home

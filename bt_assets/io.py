@@ -33,7 +33,7 @@ class PolarsParquetIOManager(dg.ConfigurableIOManager):
         if isinstance(obj, pl.DataFrame):
             path = self._path(key, ".parquet")
             atomic_write_parquet(path, obj)  # a full disk or a denied path: OSError naming path and cause
-            context.add_output_metadata({"path": dg.MetadataValue.path(str(path)), "rows": obj.height})
+            context.add_output_metadata({"path": dg.MetadataValue.path(str(path))})  # row count: wiring
         elif isinstance(obj, dict | list):
             path = self._path(key, ".json")
             atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())

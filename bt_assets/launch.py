@@ -4,8 +4,14 @@ location, ``bt_assets.original_run``): ``python -m bt_assets.launch`` (``make de
 Dagster puts one partitions definition in a run, so the graph is split into a few runs in
 topological order (``plan_waves``): each holds at most one partitioned asset, whose partitions all
 run in that ONE run (its single-run backfill policy), plus every unpartitioned asset that is ready
-before it. Runs go to the persistent instance in ``DAGSTER_HOME``, so ``dagster dev`` shows them
+before it. Runs go to the persistent instance in ``DAGSTER_HOME``, so ``dg dev`` shows them
 afterwards. Finished generation chunks are reused, so an interrupted demo resumes where it stopped.
+
+The runs execute in this process (``execute_in_process``), not through the run queue: queueing needs
+the daemon and a code-server process per run (tens of seconds each on 2 cores, against a 10-minute
+demo). GPU exclusivity still holds: each run is recorded with its pools, so the daemon of a
+concurrent ``dg dev`` does not dequeue a ``gpu`` run while one of these is in progress, and before each
+run that holds a ``gpu`` asset this launcher waits until no other run of the instance holds the pool.
 """
 
 from __future__ import annotations
@@ -13,14 +19,22 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from bt_assets.config import REPO_ROOT
+from bt_assets.config import REPO_ROOT, Profile
+from bt_assets.metadata import run_tags
+
+# Dagster's documented run tags of a partition-range run (what a single-run backfill launches)
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+GPU_POOL = "gpu"
+IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+PID_TAG, HOST_TAG = "bt/launcher_pid", "bt/launcher_host"  # which process runs an in-process run
 
 
 def ensure_dagster_home() -> Path:
@@ -66,26 +80,80 @@ def plan_waves(defs: dg.Definitions, selection: set[dg.AssetKey] | None = None) 
     return waves
 
 
-def run_wave(defs: dg.Definitions, wave: list[dg.AssetKey], instance: dg.DagsterInstance) -> bool:
+def gpu_runs_in_progress(instance: dg.DagsterInstance) -> list[str]:
+    """Ids of the instance's in-progress runs that hold the ``gpu`` pool (recorded at run creation). A run
+    this launcher started on this host whose process is gone (killed: SIGKILL, OOM, a closed terminal)
+    can never finish; it is marked failed here, as Dagster's run monitoring would, instead of holding
+    the pool for good (its finished chunks stay on disk and the next run reuses them)."""
+    records = instance.get_run_records(dg.RunsFilter(statuses=IN_PROGRESS))
+    busy = []
+    for r in records:
+        run = r.dagster_run
+        if GPU_POOL not in (getattr(run.run_op_concurrency, "all_pools", None) or ()):
+            continue
+        if launcher_gone(run.tags):
+            instance.report_run_failed(run, f"launcher process {run.tags[PID_TAG]} is gone (killed)")
+            continue
+        busy.append(run.run_id)
+    return busy
+
+
+def launcher_gone(tags: dict[str, str]) -> bool:
+    """True when ``tags`` name a launcher process on this host that no longer exists."""
+    if tags.get(HOST_TAG) != socket.gethostname() or not tags.get(PID_TAG, "").isdigit():
+        return False
+    try:
+        os.kill(int(tags[PID_TAG]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def wait_for_gpu(instance: dg.DagsterInstance, poll_s: float = 5.0, timeout_s: float = 24 * 3600) -> None:
+    """Block while another run holds the ``gpu`` pool (a queued run the daemon started, another
+    launcher), as the run queue would; a message says which run is waited for."""
+    deadline = time.monotonic() + timeout_s
+    while busy := gpu_runs_in_progress(instance):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gpu pool stayed busy for {timeout_s:.0f}s (runs {busy})")
+        print(f"[bt] waiting for run(s) {', '.join(busy)} to release the gpu pool", flush=True)
+        time.sleep(poll_s)
+
+
+def run_wave(
+    defs: dg.Definitions,
+    wave: list[dg.AssetKey],
+    instance: dg.DagsterInstance,
+    profile: Profile | None = None,
+) -> bool:
+    """One run of ``wave`` (every partition of its partitioned asset, one range), in this process; tagged
+    with ``profile`` (its resolved profile on the run page) when given."""
     graph = defs.resolve_asset_graph()
-    tags: dict[str, str] = {"bt/launcher": "launch"}
+    tags: dict[str, str] = {"bt/launcher": "launch", **(run_tags(profile) if profile else {})}
+    tags |= {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}  # a killed run frees the pool
     for key in wave:
         pdef = graph.get(key).partitions_def
         if pdef is not None:
             pkeys = pdef.get_partition_keys()
-            tags |= {ASSET_PARTITION_RANGE_START_TAG: pkeys[0], ASSET_PARTITION_RANGE_END_TAG: pkeys[-1]}
+            tags |= {RANGE_START_TAG: pkeys[0], RANGE_END_TAG: pkeys[-1]}
+    if any(graph.get(key).pools & {GPU_POOL} for key in wave):
+        wait_for_gpu(instance)
     job = defs.resolve_implicit_global_asset_job_def()
     result = job.execute_in_process(instance=instance, asset_selection=wave, tags=tags, raise_on_error=False)
     return result.success
 
 
-def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance) -> bool:
+def materialize_all(
+    defs: dg.Definitions, instance: dg.DagsterInstance, profile: Profile | None = None
+) -> bool:
     waves = plan_waves(defs)
     for i, wave in enumerate(waves, 1):
         names = ", ".join(k.to_user_string() for k in wave)
         print(f"[bt] run {i}/{len(waves)}: {names}", flush=True)
         t0 = time.perf_counter()
-        if not run_wave(defs, wave, instance):
+        if not run_wave(defs, wave, instance, profile):
             print(f"[bt] run {i} failed; see the run log (dagster dev) — rerun resumes", file=sys.stderr)
             return False
         print(f"[bt] run {i} done in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -109,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if only not in (None, name):
                 continue
             t0 = time.perf_counter()
-            ok = ok and materialize_all(loc_defs, instance)
+            ok = ok and materialize_all(loc_defs, instance, loc_profile)
             print(
                 f"[bt] profile {loc_profile.profile_name} ({loc_profile.config_hash()}): "
                 f"{'done' if ok else 'FAILED'} in {time.perf_counter() - t0:.0f}s"

@@ -20,7 +20,7 @@ def phase1_keys(profile: Profile) -> list[str]:
 def ablation_keys(profile: Profile) -> list[str]:
     return [
         cell_key(variant=profile.ablation_variant, condition=c)
-        for c in profile.phase1.conditions
+        for c in profile.phase1_conditions
         if c != "baseline"
     ]
 
@@ -37,4 +37,21 @@ def sweep_cell_list(profile: Profile) -> list[SweepCell]:
 
 
 def sweep_partitions(profile: Profile) -> dg.StaticPartitionsDefinition:
-    return dg.StaticPartitionsDefinition([c.key for c in sweep_cell_list(profile)])
+    """The sweep cells in the order that keeps cells which go out of date together adjacent
+    (``sweep_key_order``): a backfill runs one run, one model load, per contiguous range of keys."""
+    return dg.StaticPartitionsDefinition(sweep_key_order(profile))
+
+
+def sweep_key_order(profile: Profile) -> list[str]:
+    """Baseline first; then every cell of one subset together (scales ascending), subsets of fixed
+    components before those drawn from ``selected_layers``. A subset edited, a scale added and new
+    selected layers each touch one block of adjacent keys, not cells scattered over the range."""
+    derived = {s.name for s in profile.phase2.subsets if s.from_selected is not None}
+    order = {s.name: i for i, s in enumerate(profile.phase2.subsets)}
+
+    def rank(c: SweepCell) -> tuple:
+        if c.subset == "baseline":
+            return (0, 0, c.scale)
+        return (1 + (c.subset in derived), order.get(c.subset, len(order)), c.scale)
+
+    return [c.key for c in sorted(sweep_cell_list(profile), key=rank)]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gc
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import dagster as dg
 import torch
 from pydantic import PrivateAttr
 
-from bt_assets.config import load_profile
+from bt_assets.config import ConfigError, Profile, load_profile
 from bt_assets.lib.modeling import ModelSpec, eos_ids, load_model, load_tokenizer
 
 
@@ -25,10 +26,35 @@ class HookedModel(dg.ConfigurableResource):
     """
 
     profile: str
+    # The model identity the code location records its outputs under (``bound_model``): a class
+    # attribute, not config, so a launchpad edit of ``profile`` cannot change it.
+    expected_identity: ClassVar[Mapping[str, object] | None] = None
 
     _spec: ModelSpec | None = PrivateAttr(default=None)
     _model: Any = PrivateAttr(default=None)
     _tokenizer: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Refuse the run before any step when the configured profile names another model than the
+        location's: chunk fingerprints and provenance come from the location's profile, so a model
+        with another identity would write completions under a fingerprint that does not describe them."""
+        self.check_identity()
+
+    def check_identity(self) -> None:
+        if self.expected_identity is None:
+            return
+        got, want = self.spec.identity(), dict(self.expected_identity)
+        diff = {
+            k: (got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)
+        }
+        if diff:
+            shown = ", ".join(f"model.{k}: {g!r} (location: {w!r})" for k, (g, w) in diff.items())
+            raise ConfigError(
+                f"resources.model.config.profile {self.profile!r} loads another model than this code "
+                f"location's profile records its outputs under ({shown}). Chunk fingerprints and "
+                "provenance come from the location's profile: launch without overriding the model "
+                "resource, or select another profile with BT_PROFILE and reload the location."
+            )
 
     @property
     def spec(self) -> ModelSpec:
@@ -62,3 +88,18 @@ class HookedModel(dg.ConfigurableResource):
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def bound_model(profile: Profile) -> HookedModel:
+    """The model resource of a code location: ``HookedModel`` on ``profile``, refusing at run start any
+    launch whose resource config loads a model of another identity (``ModelSpec.identity``)."""
+    bound = type(
+        "HookedModel",
+        (HookedModel,),
+        {
+            "expected_identity": profile.model.identity(),
+            "__module__": __name__,
+            "__doc__": HookedModel.__doc__,
+        },
+    )
+    return bound(profile=profile.source)

@@ -1,12 +1,14 @@
-"""Jobs (one per phase) and the nightly sweep schedule that fills missing or stale sweep cells."""
-
-import json
+"""Jobs (one per phase), the run tags that show a run's resolved profile, and the declarative automation
+that fills missing or out-of-date sweep cells (it replaced a hand-written schedule)."""
 
 import dagster as dg
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from bt_assets.config import Profile
-from bt_assets.partitions import sweep_partitions
+from bt_assets.metadata import run_tags
+
+DEFAULT_CRON = "0 2 * * *"  # nightly, when phase2.schedule_cron is not set
+# the Phase-2 cells that automation fills (the intervention cells exist when phase2.interventions is set)
+CELL_ASSETS = ("sweep_generations", "intervention_generations")
 
 # The stages of Phase 1 (groups), and the figures/reports of each phase (group "reports", tag bt/phase).
 PHASE1 = dg.AssetSelection.groups("data", "generation", "events", "analysis") | dg.AssetSelection.tag(
@@ -19,14 +21,28 @@ PARTITIONED = {
     "phase1_generations": "phase1_generation_job",
     "ablation_generations": "ablation_generation_job",
     "sweep_generations": "sweep_job",
+    "intervention_generations": "intervention_job",
 }
 
 
 def jobs(profile: Profile) -> list:
     """Every job holds GPU assets, so each carries the profile's ``dagster-k8s/config`` run tag (the
-    K8sRunLauncher's per-run pod resources) when ``k8s.gpu`` is set."""
+    K8sRunLauncher's per-run pod resources) when ``k8s.gpu`` is set, beside the profile tags."""
     cells = dg.AssetSelection.assets(*PARTITIONED)
-    gpu = profile.k8s_gpu_run_tags()
+    frontier = (
+        [
+            dg.define_asset_job(
+                "intervention_job",
+                selection=dg.AssetSelection.assets("intervention_generations"),
+                executor_def=dg.in_process_executor,
+                tags={**run_tags(profile), **profile.k8s_gpu_run_tags()},
+                description="the intervention frontier's cells only: select cells and launch one run",
+            )
+        ]
+        if profile.phase2.interventions
+        else []
+    )
+    gpu = {**run_tags(profile), **profile.k8s_gpu_run_tags()}
     return [
         dg.define_asset_job(
             "phase1_generation_job",
@@ -63,55 +79,38 @@ def jobs(profile: Profile) -> list:
             tags=gpu,
             description="the sweep cells only: select cells and launch one run",
         ),
+        *frontier,
     ]
 
 
-def missing_cells(keys: list[str], materialized: set[str], stale: set[str]) -> list[str]:
-    return [k for k in keys if k not in materialized or k in stale]
+def sweep_condition(profile: Profile) -> dg.AutomationCondition:
+    """When a sweep cell is requested: on a tick of ``phase2.schedule_cron``, if it is missing or the
+    asset's code version (its profile slice or code, ``bt_assets.versions``) changed since the cell was
+    last materialized; never while the cell, or an input it reads, is in a run or backfill, nor while an
+    input is missing. A failed run leaves its cells requested again on the next tick."""
+    ac = dg.AutomationCondition
+    changed = ac.code_version_changed().since(ac.newly_updated()).with_label("code version changed")
+    return (
+        ac.cron_tick_passed(profile.phase2.schedule_cron or DEFAULT_CRON)
+        & (ac.missing() | changed)
+        & ~ac.in_progress()
+        & ~ac.any_deps_in_progress()
+        & ~ac.any_deps_missing()
+    ).with_label("sweep cell missing or out of date, on the cron tick")
 
 
-def sweep_schedule(profile: Profile) -> dg.ScheduleDefinition:
-    """ONE run covering every sweep cell not yet materialized, or materialized under another profile
-    hash (stale after a config change). The run's partition range spans the first to the last such
-    cell; cells in between that are complete reuse their chunks and cost nothing."""
-    keys = sweep_partitions(profile).get_partition_keys()
-    key = dg.AssetKey("sweep_generations")
+def sweep_sensor(profile: Profile) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates ``sweep_condition`` (the daemon of ``dg dev``); stopped unless
+    ``phase2.schedule_enabled``. The requested cells go out as ONE backfill, which the single-run
+    backfill policy turns into one run (one model load) per contiguous range of partition keys: the
+    keys are ordered so that cells which go out of date together are adjacent (``partitions``)."""
     status = (
-        dg.DefaultScheduleStatus.RUNNING
-        if profile.phase2.schedule_enabled
-        else dg.DefaultScheduleStatus.STOPPED
+        dg.DefaultSensorStatus.RUNNING if profile.phase2.schedule_enabled else dg.DefaultSensorStatus.STOPPED
     )
-
-    @dg.schedule(
-        name="sweep_fill_schedule",
-        job_name="sweep_job",
-        cron_schedule=profile.phase2.schedule_cron or "0 2 * * *",
+    return dg.AutomationConditionSensorDefinition(
+        "sweep_automation_sensor",
+        target=dg.AssetSelection.assets(*CELL_ASSETS[: 2 if profile.phase2.interventions else 1]),
         default_status=status,
-        description="nightly: one run for the sweep cells that are missing or stale",
+        run_tags=run_tags(profile),
+        description="requests missing or out-of-date sweep cells on phase2.schedule_cron",
     )
-    def _schedule(context: dg.ScheduleEvaluationContext):
-        instance = context.instance
-        materialized = set(instance.get_materialized_partitions(key))
-        want = profile.config_hash()
-        records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key), limit=1000).records
-        latest: dict[str, str] = {}
-        for rec in sorted(records, key=lambda r: r.timestamp):
-            mat = rec.asset_materialization
-            if mat and mat.partition and "profile_hash" in mat.metadata:
-                latest[mat.partition] = str(mat.metadata["profile_hash"].value)
-        stale = {k for k, h in latest.items() if h and h != want}
-        todo = missing_cells(keys, materialized, stale)
-        if not todo:
-            return dg.SkipReason("every sweep cell is materialized under the current profile")
-        idx = sorted(keys.index(k) for k in todo)
-        return dg.RunRequest(
-            run_key=f"sweep-{want}-{'-'.join(map(str, idx))}",
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: keys[idx[0]],
-                ASSET_PARTITION_RANGE_END_TAG: keys[idx[-1]],
-                "bt/missing_cells": json.dumps(todo),
-                "bt/profile_hash": want,
-            },
-        )
-
-    return _schedule

@@ -155,7 +155,7 @@ def test_scanner_catches_and_spares():
             assert not scan(path, line), line
 
 
-WEBSERVER = re.compile(r"\b(?:dagster dev|dagster-webserver|dagit)\b(?P<args>.*)")
+WEBSERVER = re.compile(r"\b(?:dagster dev|dg dev|dagster-webserver|dagit)\b(?P<args>.*)")
 
 
 def test_webserver_binds_localhost():
@@ -173,9 +173,9 @@ def test_webserver_binds_localhost():
             checked += 1
             where = f"{path.relative_to(ROOT)}:{n}"
             assert re.search(r"(?:-h|--host)[ =](?:127\.0\.0\.1|localhost)\b", m.group("args")), where
-    assert checked >= 2, "expected the Makefile's and the README's `dagster dev` command lines"
+    assert checked >= 2, "expected the Makefile's and the README's `dg dev` command lines"
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"dagster dev .*-h 127\.0\.0\.1", makefile)
+    assert re.search(r"(?:dagster|dg) dev .*-h 127\.0\.0\.1", makefile)
 
 
 def test_lock_pins_every_requirement():

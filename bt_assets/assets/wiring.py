@@ -10,18 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import polars as pl
 import torch
 
+from bt_assets import metadata as md
 from bt_assets.config import Profile
 from bt_assets.lib import cells as cell_lib
 from bt_assets.lib.engine import SamplingConfig
 from bt_assets.lib.engine_options import EngineOptions
 from bt_assets.lib.events import Detector, baseline_view, detect_and_grade
-from bt_assets.lib.generation import Cell, CellReport, GenerationStore
+from bt_assets.lib.generation import HOOKS_SUFFIX, Cell, CellReport, GenerationStore
 from bt_assets.lib.hooks import HookState, decoder_layers
 from bt_assets.lib.prompts import PromptStyle, Variant
 from bt_assets.lib.provenance import code_version, hardware, software
@@ -99,28 +101,26 @@ def materialized(
     **metadata: Any,
 ) -> dg.MaterializeResult:
     """The one way an asset reports: its value (stored by the IO manager), its checks, and metadata =
-    provenance (profile, hash, code version, seed, hardware, software) + ``metadata``."""
-    meta = {**run_provenance(profile), **metadata}
+    provenance (profile, hash, code version, seed, hardware, software) + ``metadata``, with Dagster's
+    standard keys (``metadata.standard``: a frame's row count, column schema and preview; ``rows``
+    becomes ``dagster/row_count``). A stored value also gives the data version (a hash of its content),
+    so descendants go stale only when the content changes, not on every rematerialization."""
+    md.tag_run(profile)  # the run page shows the resolved profile
+    meta = md.standard({**run_provenance(profile), **metadata}, None if value is NO_VALUE else value)
     if value is NO_VALUE:
         return dg.MaterializeResult(metadata=meta, check_results=list(checks))
-    return dg.MaterializeResult(value=value, metadata=meta, check_results=list(checks))
+    version = dg.DataVersion(md.content_hash(value))
+    return dg.MaterializeResult(value=value, metadata=meta, check_results=list(checks), data_version=version)
 
 
 def table_md(df: pl.DataFrame, max_rows: int = 20) -> dg.MetadataValue:
-    """A markdown preview of a small table for the Dagster UI."""
-    head = df.head(max_rows)
-    lines = ["| " + " | ".join(head.columns) + " |", "|" + "---|" * len(head.columns)]
-    lines += ["| " + " | ".join(_cell_text(v) for v in row) + " |" for row in head.iter_rows()]
-    if df.height > max_rows:
-        lines.append(f"\n… {df.height - max_rows} more rows")
-    return dg.MetadataValue.md("\n".join(lines))
+    """A preview of a small table for the Dagster UI (``MetadataValue.table``, with its schema)."""
+    return md.table_preview(df, max_rows)
 
 
-def _cell_text(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    text = str(v).replace("|", "\\|").replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "…"
+def report_md(text: str, base_dir: Path) -> dg.MetadataValue:
+    """A markdown report for the UI, its figures (linked relative to ``base_dir``) embedded as data URIs."""
+    return md.inline_figures(text, base_dir)
 
 
 # ------------------------------------------------------------------------------ profile -> lib objects
@@ -197,15 +197,16 @@ def engine_options(profile: Profile, device: torch.device) -> EngineOptions:
     16 gives up bit-identical completions across batch sizes (``engine`` docstring, rule 2)."""
     g = profile.generation
     set_keys = {"min_decode_rows": g.min_decode_rows, "eos_check_every": g.eos_check_every}
+    set_keys["scheduler"] = g.scheduler  # static | continuous (bt_assets.lib.scheduler)
     return replace(EngineOptions.for_device(device), **{k: v for k, v in set_keys.items() if v is not None})
 
 
 def ablation_cells(
     profile: Profile, prompts: pl.DataFrame, keys: Sequence[str], selected: dict, random_sets: dict
 ) -> list[Cell]:
-    """Phase-1 ablation cells: targeted = the selected layers, random = the FIRST random seed's set."""
-    seed = profile.ablation.random_seeds[0]
-    return cell_lib.ablation_cells(prompts, keys, selected, random_sets, seed, profile.ablation_scale)
+    """Phase-1 ablation cells: targeted = the selected layers, ``random_ablation_s<seed>`` = that seed's
+    random layer set (every seed of ``ablation.random_seeds`` is generated)."""
+    return cell_lib.ablation_cells(prompts, keys, selected, random_sets, profile.ablation_scale)
 
 
 def n_layers(profile: Profile, model: HookedModel) -> int:
@@ -229,7 +230,13 @@ def generate(
 ) -> dg.MaterializeResult:
     """Generate every missing chunk of ``cells`` in one pass (one model load) and report each cell as
     its partition's metadata. Prompts are padded to the longest of ``prompt_table`` (all cells of the
-    asset), so a cell's tokens do not depend on which other cells share its run."""
+    asset), so a cell's tokens do not depend on which other cells share its run. When every chunk of
+    every cell is on disk and intact, nothing is decoded and the model is not loaded."""
+    hooks = HOOKS_SUFFIX if hook_state is not None else None
+    reports = finished_reports(gen_store, cells, hooks)
+    if reports is not None:
+        context.log.info(f"{len(cells)} cells: every chunk intact on disk, reused; the model is not loaded")
+        return reported(context, profile, reports, **metadata)
     layers = n_layers(profile, model)  # fail before any decoding, naming the key
     for c in cells:  # every cell's scaled layers exist in the loaded model
         check_layers(list(c.scales), layers, f"cell {c.key}")
@@ -248,17 +255,46 @@ def generate(
         prompt_width=int(prompt_table["prompt_tokens"].max() or 0),
         options=engine_options(profile, next(model.model.parameters()).device),
     )
+    return reported(context, profile, reports, **metadata)
+
+
+def reported(
+    context: dg.AssetExecutionContext, profile: Profile, reports: dict[str, CellReport], **metadata: Any
+) -> dg.MaterializeResult:
+    """Each cell's report as its partition's metadata, and the run's totals."""
     for key, rep in reports.items():
         context.add_asset_metadata(cell_metadata(profile, rep), partition_key=key)
     rows = sum(r.rows for r in reports.values())
     return materialized(profile, cells=len(reports), rows=rows, **metadata)
 
 
+def finished_reports(
+    gen_store: GenerationStore, cells: Sequence[Cell], sidecar: str | None
+) -> dict[str, CellReport] | None:
+    """The reports of ``cells`` when every one is finished (manifest and chunks verify, hook sidecars
+    present when counted), all chunks reused; None when any chunk must be generated."""
+    if any(gen_store.verify(c) for c in cells):
+        return None
+    reports = {}
+    for c in cells:
+        s, n = gen_store.chunk_store(c), len(gen_store.chunks(c))
+        if sidecar is not None and not all(
+            s.path(k).with_name(f"chunk-{k:05d}{sidecar}").is_file() for k in range(n)
+        ):
+            return None
+        df = s.read_all(n)
+        truncated = int((df["finish_reason"] == "length").sum())
+        reports[c.key] = CellReport(
+            c.key, rows=df.height, chunks_reused=n, truncated=truncated, path=str(s.directory)
+        )
+    return reports
+
+
 def cell_metadata(profile: Profile, rep: CellReport) -> dict[str, Any]:
     """One cell's partition metadata: rows, chunks reused/written/discarded, throughput, truncation."""
     return {
         "profile_hash": profile.config_hash(),
-        "rows": rep.rows,
+        "dagster/row_count": rep.rows,
         "new_rows": rep.new_rows,
         "chunks_reused": rep.chunks_reused,
         "chunks_written": rep.chunks_written,
