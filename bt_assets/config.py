@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import PrivateAttr, ValidationError, model_validator
 
+from bt_assets.lib.conditions import expand_conditions
 from bt_assets.lib.modeling import ModelSpec
 from bt_assets.profile_sections import (
     REPO_ROOT,
@@ -101,6 +102,22 @@ class Profile(Strict):
             shown = [f"{x:g}" for x in ref.scales]  # the partition keys' spelling
             if len(set(shown)) != len(shown):
                 problems.append(f"{key}.scales: duplicate scales {shown}")
+        problems += [
+            f"phase2.interventions.{i}.subset: unknown subset {iv.subset!r} (subsets: {subsets})"
+            for i, iv in enumerate(p2.interventions)
+            if iv.kind in ("scale", "mean") and iv.subset not in subsets
+        ]
+        res = p2.onset_resamples
+        if res is not None and res.subset not in subsets:
+            problems.append(
+                f"phase2.onset_resamples.subset: unknown subset {res.subset!r} (subsets: {subsets})"
+            )
+        if res is not None and res.scale > 1.0 and not p2.allow_scale_above_one:
+            problems.append(
+                "phase2.onset_resamples.scale: above 1 (set phase2.allow_scale_above_one to amplify)"
+            )
+        if p2.continuation and p2.continuation.min_onset_stability is not None and res is None:
+            problems.append("phase2.continuation.min_onset_stability: needs phase2.onset_resamples")
         if p2.n_problems > self.dataset.n:
             problems.append(f"phase2.n_problems: {p2.n_problems} is more than dataset.n ({self.dataset.n})")
         if self.model.num_layers is not None:
@@ -142,6 +159,14 @@ class Profile(Strict):
     @property
     def variant_names(self) -> list[str]:
         return [v.name for v in self.prompting.variants]
+
+    @property
+    def phase1_conditions(self) -> list[str]:
+        """The Phase-1 conditions as generated: ``random_ablation`` is one condition per seed of
+        ``ablation.random_seeds`` (``random_ablation_s<seed>``); an import keeps the original's names."""
+        if self.phase1.import_dir is not None:
+            return list(self.phase1.conditions)
+        return expand_conditions(self.phase1.conditions, self.ablation.random_seeds)
 
     @property
     def ablation_variant(self) -> str:
@@ -235,13 +260,21 @@ def _read_raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
+KINDS = ("scale", "mean", "heads", "steer", "token_ban")  # phase2.interventions' discriminator
+
+
 def _format_errors(exc: ValidationError, source: str) -> str:
     """One line per problem, ``  dotted.key: message``; a cross-field check names its keys itself."""
     lines = [f"invalid profile {source}:"]
     for err in exc.errors():
         extra = err["type"] in ("extra_forbidden", "unexpected_keyword_argument")  # models, dataclasses
         # union members add tags such as "list[constrained-int]" to the location: not keys, dropped
-        key = ".".join(str(p) for p in err["loc"] if extra or "[" not in str(p))
+        loc = list(err["loc"])
+        for i in range(2, len(loc)):  # a discriminated union adds the item's kind after its index
+            if loc[i - 2] == "interventions" and isinstance(loc[i - 1], int) and loc[i] in KINDS:
+                del loc[i]
+                break
+        key = ".".join(str(p) for p in loc if extra or "[" not in str(p))
         msg = "unknown key" if extra else err["msg"]
         msg = msg.removeprefix("Value error, ")
         for part in msg.split("\n"):

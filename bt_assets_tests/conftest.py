@@ -100,6 +100,13 @@ phase2:
     - {{name: fixed_pair, components: [[attn, 1], [mlp, 2]]}}
   scale_sweep: {{subset: fixed_pair, scales: [0.0, 0.5, 1.0]}}
   continuation: {{subset: top_mlp, scales: [0.0, 0.5], max_events: 4}}
+  # every family but steer (the Wait-biased model always backtracks: no control probes, so no vector;
+  # test_steering covers it), with no-op strengths (they must equal the baseline)
+  interventions:
+    - {{name: zero_pair, kind: scale, subset: fixed_pair, strengths: [0.0, 1.0]}}
+    - {{name: mean_mlp, kind: mean, subset: top_mlp, strengths: [1.0, 0.0]}}
+    - {{name: top_heads, kind: heads, from_head_scan: 2, strengths: [0.0]}}
+    - {{name: ban_wait, kind: token_ban, strengths: [inf, 0]}}
 {extra}"""
     path = tmp_path / "profile.yaml"
     path.write_text(text)

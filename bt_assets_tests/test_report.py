@@ -9,7 +9,7 @@ import pytest
 
 from bt_assets.lib import report as R
 from bt_assets.lib.stats import Evidence, mean_interval, t_quantile_975
-from bt_assets.lib.sweep_stats import best_tradeoff, continuation_summary
+from bt_assets.lib.sweep_stats import best_tradeoff
 
 EV = Evidence(min_events=5, min_problems=2)
 
@@ -321,32 +321,3 @@ def test_condition_finding_cites_intervals_and_counts():
     assert text == R.condition_finding(rates, view, EV, seed=42)  # seeded
     few = R.condition_finding(rates, view, Evidence(min_events=100, min_problems=2), seed=42)
     assert "excludes" not in few and "too few to test: 20 BT completions from 10 problems" in few
-
-
-def test_continuation_interval_undefined_for_one_event():
-    df = pl.DataFrame(
-        {
-            "scale": [1.0, 0.0, 1.0, 0.0],
-            "event": ["a", "a", "b", "b"],
-            "onset_prob": [0.5, 0.1, 0.7, 0.3],
-            "onset_logit": [3.0, 1.0, 4.0, 2.0],
-            "top1_is_synonym": [False, True, False, False],
-            "top1_is_onset": [True, False, True, False],
-        }
-    )
-    two = continuation_summary(df).filter(pl.col("scale") == 1.0).row(0, named=True)
-    half = 12.706 * 0.5  # t(1) x sd of the two logits (0.7071) / sqrt(2)
-    assert (two["logit_mean_lo"], two["logit_mean_hi"]) == (
-        pytest.approx(3.5 - half),
-        pytest.approx(3.5 + half),
-    )
-    assert (two["p_onset_mean_lo"], two["p_onset_mean_hi"]) == (0.0, 1.0)  # 0.6 -/+ 1.27, clipped to [0, 1]
-    one = continuation_summary(df.filter(pl.col("event") == "a")).row(0, named=True)
-    assert one["p_onset_mean_lo"] is None and one["p_onset_mean_hi"] is None
-    assert "P(onset) 50.0% (n=1 events)" in R.continuation_finding(
-        continuation_summary(df.filter(pl.col("event") == "a"))
-    )
-    text = R.continuation_finding(continuation_summary(df))
-    assert text.startswith(
-        "Clean P(onset) 60.0% [0.0, 100.0]% (n=2 events); scale 0: P(onset) 20.0% [0.0, 100.0]%"
-    )

@@ -26,7 +26,7 @@ from bt_assets.lib.stats import (
     problem_of,
     wilson,
 )
-from bt_assets.lib.sweep_stats import cell_stats, continuation_summary, sweep_tables
+from bt_assets.lib.sweep_stats import cell_stats, sweep_tables
 from bt_assets.lib.sweeps import SweepCell
 
 
@@ -187,6 +187,7 @@ def _cell(bt: list[bool], ok: list[bool | None], finish: list[str], condition: s
             "sample_id": [0, 1, 0, 0],
             "condition": [condition] * 4,
             "has_backtracking_strict": bt,
+            "onset_phrase": ["Wait" if b else None for b in bt],
             "is_correct": ok,
             "completion_tokens": [100, 200, 300, 400],
             "finish_reason": finish,
@@ -362,28 +363,6 @@ def test_problem_of_event_keys():
     assert problem_of("baseline_think_newline/17/3") == "17"
     assert problem_of("odd/variant/17/3") == "17"
     assert problem_of("a") == "a"
-
-
-def test_continuation_summary_clusters_events_by_problem():
-    keys = ["v/1/0", "v/1/1", "w/1/2", "v/2/0"]  # 3 events of problem 1, 1 of problem 2
-    logits = [3.0, 3.2, 2.8, 6.0]
-    df = pl.DataFrame(
-        {
-            "scale": [1.0] * 4,
-            "event": keys,
-            "onset_prob": [0.4, 0.5, 0.3, 0.9],
-            "onset_logit": logits,
-            "top1_is_synonym": [False] * 4,
-            "top1_is_onset": [True] * 4,
-        }
-    )
-    row = continuation_summary(df).row(0, named=True)
-    assert (row["n"], row["n_problems"], row["logit_mean"]) == (4, 2, pytest.approx(3.75))
-    _, _, lo, hi = clustered_mean_interval(logits, ["1", "1", "1", "2"])
-    assert (row["logit_mean_lo"], row["logit_mean_hi"]) == (pytest.approx(lo), pytest.approx(hi))
-    assert (hi - lo) > (mean_interval(logits)[3] - mean_interval(logits)[2])
-    one = continuation_summary(df.head(3)).row(0, named=True)  # three events, one problem: no interval
-    assert one["n_problems"] == 1 and one["logit_mean_lo"] is None and one["p_onset_mean_hi"] is None
 
 
 def test_bootstrap_over_200_problems_is_fast():

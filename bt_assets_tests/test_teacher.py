@@ -73,4 +73,8 @@ def test_continuation_rows(model, demo_tokenizer):
     assert len(rows) == 2 * 3
     assert {r["condition"] for r in rows} == {"clean", "ablated"}
     assert all(0.0 <= r["onset_prob"] <= 1.0 and len(r["top_tokens"].split("|")) == 3 for r in rows)
-    assert teacher.is_synonym(" Actually", ["Actually"]) and not teacher.is_synonym(" Wait", ["Actually"])
+    for r in rows:  # the onset scored as a family: the target's own probability is part of it
+        assert r["onset_family_prob"] >= r["onset_prob"] - 1e-6 and r["onset_family_size"] >= 1
+        assert r["onset_family_prob"] + r["synonym_family_prob"] <= 1.0 + 1e-6
+    clean = [r for r in rows if r["condition"] == "clean"]
+    assert all(r["onset_family_prob_drop"] == 0.0 == r["onset_logit_drop"] for r in clean)

@@ -25,6 +25,7 @@ def _frame(condition: str, finish: list, tokens: list, ok: list, bt: list) -> pl
             "condition": [condition] * n,
             "variant": ["v"] * n,
             "has_backtracking_strict": bt,
+            "onset_phrase": ["wait" if b else None for b in bt],
             "is_correct": ok,
             "completion_tokens": tokens,
             "finish_reason": finish,

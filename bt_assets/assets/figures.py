@@ -13,7 +13,9 @@ from matplotlib.figure import Figure
 from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
 from bt_assets.lib import plots
+from bt_assets.lib.conditions import with_pooled_random
 from bt_assets.lib.events import analysis_view
+from bt_assets.lib.onset_resample import resample_summary
 from bt_assets.lib.rates import group_rates
 from bt_assets.lib.sweep_stats import continuation_summary
 
@@ -52,7 +54,7 @@ def figure_asset(profile: Profile, spec: FigureSpec) -> dg.AssetsDefinition:
 
 
 def build(profile: Profile) -> list:
-    variants, conditions = profile.variant_names, list(profile.phase1.conditions)
+    variants, conditions = profile.variant_names, profile.phase1_conditions
 
     def by_variant(events: pl.DataFrame) -> pl.DataFrame:
         return group_rates(w.baseline(profile, events), "variant", variants, seed=profile.run.seed)
@@ -66,7 +68,8 @@ def build(profile: Profile) -> list:
     def condition_rates(phase1_events: pl.DataFrame) -> Figure:
         view = analysis_view(phase1_events, profile.detection.mode, profile.grading.mode)
         view = view.filter(pl.col("variant") == profile.ablation_variant)
-        return plots.by_condition(group_rates(view, "condition", conditions, seed=profile.run.seed))
+        view, conds = with_pooled_random(view, conditions)
+        return plots.by_condition(group_rates(view, "condition", conds, seed=profile.run.seed))
 
     def accuracy(metrics_corrected: dict) -> Figure:
         rows = metrics_corrected["figure_rows"]
@@ -89,6 +92,20 @@ def build(profile: Profile) -> list:
     def scales(sweep_results: dict) -> Figure:
         return plots.scale_tradeoff(sweep_results["scale"])
 
+    def phrases(sweep_results: dict) -> Figure:
+        cells = [r["cell"] for r in sweep_results["cells"]]
+        return plots.onset_phrases(sweep_results["onset_phrases"], cells=cells)
+
+    def tradeoff(intervention_results: pl.DataFrame) -> Figure:
+        return plots.tradeoff_frontier(intervention_results)
+
+    def resamples(onset_resamples: pl.DataFrame) -> Figure:
+        cfg = profile.phase2.onset_resamples
+        summary = resample_summary(onset_resamples, profile.run.seed)
+        return plots.onset_resamples(
+            summary, first_k_steps=cfg.first_k_steps, window_tokens=cfg.window_tokens
+        )
+
     def continuation(continuation_ablation: pl.DataFrame) -> Figure:
         return plots.continuation_effect(continuation_summary(continuation_ablation))
 
@@ -104,10 +121,17 @@ def build(profile: Profile) -> list:
         FigureSpec("phase2_baseline_summary", 2, summary, "deconfounded baseline summary"),
         FigureSpec("phase2_subset_sweep", 2, subsets, "subset sweep: BT rate and accuracy"),
         FigureSpec("phase2_scale_tradeoff", 2, scales, "scale sweep trade-off"),
+        FigureSpec("phase2_onset_phrases", 2, phrases, "onset phrases per sweep cell"),
         FigureSpec(
             "phase2_continuation_effect", 2, continuation, "P(onset token) at the onset position by scale"
         ),
     ]
+    if profile.phase2.interventions:
+        specs.append(
+            FigureSpec("tradeoff_frontier", 2, tradeoff, "every intervention family on one frontier")
+        )
+    if profile.phase2.onset_resamples is not None:
+        specs.append(FigureSpec("phase2_onset_resamples", 2, resamples, "onset resamples: clean vs ablated"))
     if profile.phase1.import_dir is not None:  # an imported run has events only: the figures of events
         specs = [s for s in specs if set(s.ins) <= {"phase1_events", "metrics_corrected"}]
     return [figure_asset(profile, s) for s in specs]

@@ -12,7 +12,7 @@ from bt_assets.lib.metrics import metrics_corrected as metrics_table
 
 
 def build(profile: Profile) -> list:
-    variants, conditions = profile.variant_names, list(profile.phase1.conditions)
+    variants, conditions = profile.variant_names, profile.phase1_conditions
     det, grd, imported = profile.detection.mode, profile.grading.mode, profile.phase1.import_dir is not None
 
     @dg.asset(**w.cpu_asset("events"))

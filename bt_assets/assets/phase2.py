@@ -1,17 +1,15 @@
-"""Phase-2 stage: decode-only subset and scale sweeps (partitioned cells), their events and tables,
-hook statistics over whole cells, and the continuation ablation at the onset position."""
+"""Phase-2 stage: decode-only subset and scale sweeps (partitioned cells), their events and tables, and
+hook statistics over whole cells (the onset-position stages are in ``onsets``)."""
 
 import dagster as dg
 import polars as pl
 
 from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
-from bt_assets.lib import onset_analysis as onset
 from bt_assets.lib import sweep_stats
 from bt_assets.lib.cells import sweep_cell
 from bt_assets.lib.hooks import HookState
 from bt_assets.lib.prompts import prompt_table
-from bt_assets.lib.sweeps import check_layers, subset_components
 
 
 def build(profile: Profile) -> list:
@@ -123,28 +121,6 @@ def build(profile: Profile) -> list:
         problems = sweep_stats.hook_problems(hook_stats, cells_of(sweep_prompts, selected_layers))
         return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
 
-    @dg.asset(**w.gpu_asset(profile, "phase2"))
-    def continuation_ablation(
-        model: w.HookedModel, event_sample: pl.DataFrame, prompts: pl.DataFrame, selected_layers: dict
-    ) -> dg.MaterializeResult[pl.DataFrame]:
-        """Teacher-forced at the onset prediction position: P(onset token) and its logit clean and with
-        the subset scaled at that position only, per scale; the top tokens after ablation and whether a
-        synonym trigger replaces the onset (the original's stage measured nothing: B13)."""
-        cfg = p2.continuation
-        if cfg is None:
-            return w.materialized(profile, pl.DataFrame(), note="phase2.continuation not configured")
-        comps = subset_components(subsets[cfg.subset], selected_layers)
-        check_layers(comps, w.n_layers(profile, model), f"phase2.continuation.subset {cfg.subset}")
-        bt = event_sample.filter(pl.col("kind") == "bt").head(cfg.max_events)
-        events = onset.probes(bt, prompts, model.tokenizer, profile.model.add_bos)
-        df = onset.continuation_table(
-            model.model, model.tokenizer, events, comps, cfg.scales, cfg.top_tokens, cfg.synonyms, cfg.subset
-        )
-        summary = w.table_md(sweep_stats.continuation_summary(df))
-        return w.materialized(
-            profile, df, n_events=len(events), subset=cfg.subset, components=str(comps), summary=summary
-        )
-
     return [
         sweep_prompts,
         sweep_generations,
@@ -155,5 +131,4 @@ def build(profile: Profile) -> list:
         truncation_share,
         hook_stats,
         decode_only_hooks,
-        continuation_ablation,
     ]

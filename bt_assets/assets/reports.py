@@ -8,9 +8,11 @@ import polars as pl
 
 from bt_assets.assets import wiring as w
 from bt_assets.config import Profile
+from bt_assets.lib import frontier
 from bt_assets.lib import report_pages as pages
 from bt_assets.lib.chunkstore import atomic_write_bytes
 from bt_assets.lib.events import analysis_view, baseline_view
+from bt_assets.lib.onset_resample import resample_summary
 from bt_assets.lib.rates import finished_summary
 
 
@@ -27,12 +29,12 @@ def build(profile: Profile) -> list:
         path = profile.path("reports") / name
         atomic_write_bytes(path, text.encode())
         return w.materialized(
-            profile, path=dg.MetadataValue.path(str(path)), report=dg.MetadataValue.md(text)
+            profile, path=dg.MetadataValue.path(str(path)), report=w.report_md(text, path.parent)
         )
 
     settings = {
         "variants": profile.variant_names,
-        "conditions": list(profile.phase1.conditions),
+        "conditions": profile.phase1_conditions,
         "ablation_variant": profile.ablation_variant,
         "detection": det,
         "grading": grd,
@@ -45,7 +47,29 @@ def build(profile: Profile) -> list:
         "max_new_tokens": profile.generation.max_new_tokens,
     }
     p1_deps = [f"fig_{n}" for _, n in pages.PHASE1_FIGURES]
-    p2_deps = [f"fig_{n}" for _, n in pages.PHASE2_FIGURES]
+    resampled = profile.phase2.onset_resamples
+    intervened = bool(profile.phase2.interventions)
+    p2_deps = [f"fig_{n}" for _, n in pages.phase2_figures(resampled is not None, intervened)]
+
+    def frontier_of(inputs: dict) -> dict:
+        table, events = inputs["intervention_results"], inputs["intervention_events"]
+        ev, seed = profile.analysis.evidence, profile.run.seed
+        vs = frontier.versus_ban(table, events, det, grd, seed, ev)
+        return {
+            "findings": frontier.frontier_findings(table, vs, ev),
+            "section": frontier.frontier_section(table, vs),
+        }
+
+    def resamples_of(df: pl.DataFrame) -> dict | None:
+        if resampled is None:
+            return None
+        summary = resample_summary(df, profile.run.seed)
+        return {
+            "summary": summary,
+            "first_k_steps": resampled.first_k_steps,
+            "window_tokens": resampled.window_tokens,
+        }
+
     if profile.phase1.import_dir is not None:
         return [original_run_report(profile, page, written, settings)]
 
@@ -75,26 +99,32 @@ def build(profile: Profile) -> list:
         )
         return written("phase1_report.md", text)
 
-    @dg.asset(group_name="reports", kinds={"markdown"}, deps=p2_deps, tags={"bt/phase": "2"})
-    def phase2_report(
-        phase1_events: pl.DataFrame,
-        metrics_corrected: dict,
-        sweep_results: dict,
-        continuation_ablation: pl.DataFrame,
-        hook_stats: pl.DataFrame,
-    ) -> dg.MaterializeResult:
-        """Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, conclusions."""
+    p2_ins = ["phase1_events", "metrics_corrected", "sweep_results", "continuation_ablation", "hook_stats"]
+    p2_ins += ["onset_resamples"] + (["intervention_results", "intervention_events"] if intervened else [])
+
+    @dg.asset(
+        group_name="reports",
+        kinds={"markdown"},
+        deps=p2_deps,
+        tags={"bt/phase": "2"},
+        ins={name: dg.AssetIn(name) for name in p2_ins},
+    )
+    def phase2_report(**inputs: object) -> dg.MaterializeResult:
+        """Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, onset resamples,
+        the intervention frontier (when configured), conclusions."""
         title = "Backtracking as a state transition: Phase 2"
-        base = baseline_view(phase1_events, det, grd, keep=("finish_reason",))
+        base = baseline_view(inputs["phase1_events"], det, grd, keep=("finish_reason",))
         finished = finished_summary(base, profile.run.seed)
         text = pages.phase2_page(
             page(title),
-            metrics_corrected,
-            sweep_results,
-            continuation_ablation,
-            hook_stats,
+            inputs["metrics_corrected"],
+            inputs["sweep_results"],
+            inputs["continuation_ablation"],
+            inputs["hook_stats"],
             settings,
             finished,
+            resamples_of(inputs["onset_resamples"]),
+            frontier_of(inputs) if intervened else None,
         )
         return written("phase2_report.md", text)
 

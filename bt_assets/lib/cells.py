@@ -4,6 +4,8 @@ A cell key is flat, ``name=value,...`` (``variant=a,condition=baseline`` or
 ``subset=selected_mlp,scale=0.5``): one static partition per cell, so a single-run backfill of any set
 of cells is one run with one model load. Phase-1 baseline cells are unhooked; ablation cells scale the
 selected (targeted) or random layers' outputs at every decode step; sweep cells scale a subset.
+Every seed of ``ablation.random_seeds`` is its own random-control condition (``random_ablation_s<seed>``),
+paired with the baseline through the same counter-based sampling keys; reports add their pooled row.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import polars as pl
 
+from bt_assets.lib.conditions import random_seed_of
 from bt_assets.lib.generation import Cell
 from bt_assets.lib.sweeps import SweepCell, subset_components
 
@@ -40,12 +43,17 @@ def condition_scales(
     condition: str,
     selected: Mapping[str, Sequence[int]],
     random_sets: Mapping[str, Mapping[str, Sequence[int]]],
-    random_seed: int,
     scale: float,
 ) -> dict[tuple[str, int], float]:
     """(component, layer) -> scale of a Phase-1 ablation condition: the selected layers
-    (``targeted_ablation``) or the random layer set of ``random_seed`` (``random_ablation``)."""
-    layers = selected if condition == "targeted_ablation" else random_sets[str(random_seed)]
+    (``targeted_ablation``) or the random layer set of the condition's seed (``random_ablation_s<seed>``)."""
+    seed = random_seed_of(condition)
+    if condition != "targeted_ablation" and seed is None:
+        raise ValueError(f"unknown ablation condition {condition!r}")
+    if seed is not None and str(seed) not in random_sets:
+        have = sorted(random_sets)
+        raise ValueError(f"{condition}: random_layers has no set for seed {seed} (sets: {have})")
+    layers = selected if seed is None else random_sets[str(seed)]
     return {(comp, int(layer)): scale for comp, ls in layers.items() for layer in ls}
 
 
@@ -54,15 +62,13 @@ def ablation_cells(
     keys: Sequence[str],
     selected: Mapping[str, Sequence[int]],
     random_sets: Mapping[str, Mapping[str, Sequence[int]]],
-    random_seed: int,
     scale: float,
 ) -> list[Cell]:
-    """The Phase-1 ablation cells of ``keys`` (``variant=V,condition=targeted_ablation|random_ablation``)."""
+    """The Phase-1 ablation cells of ``keys``
+    (``variant=V,condition=targeted_ablation|random_ablation_s<seed>``)."""
     return [
         ablation_cell(
-            prompts,
-            key,
-            condition_scales(parse_cell_key(key)["condition"], selected, random_sets, random_seed, scale),
+            prompts, key, condition_scales(parse_cell_key(key)["condition"], selected, random_sets, scale)
         )
         for key in keys
     ]

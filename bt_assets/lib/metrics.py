@@ -27,6 +27,7 @@ from collections.abc import Mapping
 import numpy as np
 import polars as pl
 
+from bt_assets.lib.conditions import with_pooled_random
 from bt_assets.lib.grading import grade
 from bt_assets.lib.original_tables import BT, EVENT_COLUMNS, OK, RELAXED, n_rows, ordered, split_by_bt
 from bt_assets.lib.rates import bt_accuracy_summary
@@ -199,9 +200,11 @@ def metrics_corrected(
     """The ``metrics_corrected`` asset: ``corrected_metrics`` of ``view`` (the events in the chosen
     modes) beside the original headline of ``events``' seed-compatible columns, plus ``figure_rows``
     (baseline accuracy with/without BT and the lift, flattened to ``<name>_lo/_hi`` for figures and
-    reports) and the ``modes`` the numbers were computed in."""
+    reports) and the ``modes`` the numbers were computed in. ``by_condition`` has each random seed's
+    condition and, with two seeds or more, their pooled rows (``random_ablation_pooled``)."""
     original = events.select(EVENT_COLUMNS)
-    out = corrected_metrics(view, variants, conditions, regraded, seed, original, evidence=evidence)
+    pooled, conditions = with_pooled_random(view, conditions)
+    out = corrected_metrics(pooled, variants, conditions, regraded, seed, original, evidence=evidence)
     out["figure_rows"] = bt_accuracy_summary(view.filter(pl.col("condition") == "baseline"), seed)
     out["modes"] = dict(modes)
     return out

@@ -22,6 +22,7 @@ import torch
 from bt_assets.lib import selection, teacher
 from bt_assets.lib.generation import encode_prompt
 from bt_assets.lib.hooks import COMPONENTS, decoder_layers
+from bt_assets.lib.onset_resample import ResampleEvent
 from bt_assets.lib.stats import clustered_mean_interval, problem_of
 from bt_assets.lib.teacher import Event, encode_full
 
@@ -245,3 +246,18 @@ def continuation_table(
         model, tokenizer, events, table, [1.0, *scales], top_tokens, synonyms, subset
     )
     return pl.DataFrame(rows, schema=teacher.CONTINUATION_SCHEMA) if rows else teacher.empty_continuation()
+
+
+def resample_events(
+    rows: pl.DataFrame, prompts: pl.DataFrame, golds: dict[int, str], tokenizer, add_bos: bool
+) -> list[ResampleEvent]:
+    """``probes`` of BT event-sample rows as ``onset_resample.ResampleEvent``s: the same ids and
+    prediction position, the prompt's length (the completion starts there) and the problem's gold."""
+    text = {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
+    out = []
+    for i, r in enumerate(rows.iter_rows(named=True)):
+        for ev in probes(rows.slice(i, 1), prompts, tokenizer, add_bos):  # none when out of range
+            n_prompt = len(encode_prompt(tokenizer, text[(r["variant"], r["example_id"])], add_bos))
+            gold = golds.get(r["example_id"])
+            out.append(ResampleEvent(ev.key, int(r["example_id"]), ev.ids, ev.pred_pos, n_prompt, gold))
+    return out

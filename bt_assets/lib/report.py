@@ -288,7 +288,7 @@ def condition_finding(rates: pl.DataFrame, view: pl.DataFrame, evidence: Evidenc
     )
 
 
-def _paired(r: Mapping, evidence: Evidence) -> str:
+def paired_text(r: Mapping, evidence: Evidence) -> str:
     """A sweep cell's paired BT change vs the baseline with its interval and what it shows."""
     change = points(r["delta_bt"], r["delta_bt_lo"], r["delta_bt_hi"])
     why = verdict(
@@ -330,7 +330,7 @@ def sweep_finding(results: Mapping, evidence: Evidence) -> str:
         return "The baseline sweep cell is empty."
     lines = [
         f"{r['subset']} ({r['n_components']} components): BT {pct(r['bt_rate'])} ({r['bt_count']}/{r['n']}), "
-        f"{_paired(r, evidence)}, accuracy {pct(r['accuracy'])} (paired change {acc_change(r)})"
+        f"{paired_text(r, evidence)}, accuracy {pct(r['accuracy'])} (paired change {acc_change(r)})"
         for r in results["subset"]
         if r["subset"] != "baseline"
     ]
@@ -348,7 +348,7 @@ def scale_finding(results: Mapping, evidence: Evidence) -> str:
     if not rows:
         return "No scale-sweep cells."
     span = "; ".join(
-        f"{r['scale']:g} -> BT {pct(r['bt_rate'])} ({r['bt_count']}/{r['n']}), {_paired(r, evidence)}"
+        f"{r['scale']:g} -> BT {pct(r['bt_rate'])} ({r['bt_count']}/{r['n']}), {paired_text(r, evidence)}"
         for r in rows
     )
     acc = ", ".join(f"{r['scale']:g} -> {pct(r['accuracy'])} ({acc_change(r)})" for r in rows)
@@ -356,30 +356,4 @@ def scale_finding(results: Mapping, evidence: Evidence) -> str:
         f"Scale sweep of {rows[0]['subset']}, BT rate by scale: {span}. No dose-response (monotone trend) "
         "is claimed: each interval compares one scale with the baseline, not scales with one another. "
         f"Accuracy by scale (paired change): {acc}."
-    )
-
-
-def continuation_finding(summary: pl.DataFrame) -> str:
-    """P(onset) with its 95% interval (``p_onset_mean_lo/_hi``) on the clean run (scale 1.0) and per
-    ablation scale, each with its event count and the share of events whose top-1 token became a
-    synonym. Descriptive: no change between scales is tested (no paired interval of it is computed)."""
-    if summary.height == 0 or "p_onset_mean" not in summary.columns:
-        return "No BT events for the continuation ablation."
-    rows = {r["scale"]: r for r in summary.iter_rows(named=True)}
-    clean = rows.get(1.0)
-
-    def p_onset(r: Mapping) -> str:
-        return f"P(onset) {pct(r['p_onset_mean'])}{interval(r['p_onset_mean_lo'], r['p_onset_mean_hi'])}"
-
-    parts = [
-        f"scale {s:g}: {p_onset(r)} (n={r['n']}), synonym top-1 {pct(r['synonym_share'])}"
-        for s, r in sorted(rows.items())
-        if s != 1.0
-    ]
-    head = f"Clean {p_onset(clean)} (n={clean['n']} events)" if clean else "No clean row"
-    return (
-        head
-        + "; "
-        + "; ".join(parts)
-        + ". Descriptive only: no change between scales is tested (no paired interval of it is computed)."
     )

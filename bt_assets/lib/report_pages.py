@@ -11,7 +11,16 @@ from pathlib import Path
 import polars as pl
 
 from bt_assets.lib import report as R
+from bt_assets.lib.conditions import with_pooled_random
+from bt_assets.lib.frontier import FRONTIER_FIGURES
 from bt_assets.lib.rates import finished_summary, group_rates, truncation_row
+from bt_assets.lib.report_onsets import (
+    RESAMPLE_FIGURES,
+    continuation_finding,
+    continuation_table,
+    resample_finding,
+    resample_section,
+)
 from bt_assets.lib.stats import BOOTSTRAP_METHOD, N_BOOT, Evidence, bootstrap_note, mean_note
 from bt_assets.lib.sweep_stats import continuation_summary
 
@@ -27,6 +36,7 @@ PHASE2_FIGURES = [
     ("Deconfounded baseline summary", "phase2_baseline_summary"),
     ("Subset sweep", "phase2_subset_sweep"),
     ("Scale trade-off", "phase2_scale_tradeoff"),
+    ("Onset phrases per cell", "phase2_onset_phrases"),
     ("Continuation ablation", "phase2_continuation_effect"),
 ]
 RATE_FORMATS = {"bt_rate": "pct", "accuracy": "pct", "truncated_share": "pct", "accuracy_finished": "pct"}
@@ -48,6 +58,7 @@ SWEEP_COLUMNS = [
     "truncated_share",
     "n_finished",
     "accuracy_finished",
+    "onset_phrases",
 ]
 
 
@@ -156,7 +167,8 @@ def rate_sections(page: Page, view: pl.DataFrame, settings: Mapping) -> list[str
     seed = settings["seed"]
     base = view.filter(pl.col("condition") == "baseline")
     abl_view = view.filter(pl.col("variant") == settings["ablation_variant"])
-    cond = group_rates(abl_view, "condition", settings["conditions"], seed=seed)
+    abl_view, conditions = with_pooled_random(abl_view, settings["conditions"])  # each seed + pooled
+    cond = group_rates(abl_view, "condition", conditions, seed=seed)
     by_variant = group_rates(base, "variant", settings["variants"], seed=seed)
     return [
         f"- {R.condition_finding(cond, abl_view, page.evidence, seed)}",
@@ -221,6 +233,11 @@ def sweep_table(rows: Sequence[Mapping]) -> str:
     return R.md_table(pl.DataFrame(rows).select(SWEEP_COLUMNS), fmt)
 
 
+def phase2_figures(resamples: bool, frontier: bool) -> list[tuple[str, str]]:
+    """The Phase-2 figures: the fixed ones, the onset resamples' and the frontier's when configured."""
+    return PHASE2_FIGURES + (RESAMPLE_FIGURES if resamples else []) + (FRONTIER_FIGURES if frontier else [])
+
+
 def phase2_page(
     page: Page,
     metrics_corrected: Mapping,
@@ -229,11 +246,16 @@ def phase2_page(
     hook_stats: pl.DataFrame,
     settings: Mapping[str, object] | None = None,
     finished: Mapping | None = None,
+    resamples: Mapping | None = None,
+    frontier: Mapping | None = None,
 ) -> str:
     """The Phase-2 report: deconfounded baseline, subset and scale sweeps, continuation, conclusions.
     ``settings``: ``truncation_warn_share`` and ``max_new_tokens`` (the opening warning when a cell's
     share of completions cut at the token cap exceeds the limit); ``finished``: the baseline lift among
-    finished completions (``rates.finished_summary``; default the summary's ``finished``)."""
+    finished completions (``rates.finished_summary``; default the summary's ``finished``);
+    ``resamples``: the onset resamples (``summary``: ``onset_resample.resample_summary``,
+    ``first_k_steps``, ``window_tokens``), or None when they are not configured; ``frontier``: the
+    intervention frontier (``findings``: lines, ``section``: markdown), or None without interventions."""
     s = metrics_corrected["figure_rows"]["summary"]
     cont = continuation_summary(continuation_ablation)
     ev = page.evidence
@@ -252,7 +274,9 @@ def phase2_page(
         f"- {finished_lift_text(finished if finished is not None else s.get('finished'), ev)}",
         f"- {R.sweep_finding(sweep_results, ev)}",
         f"- {R.scale_finding(sweep_results, ev)}",
-        f"- {R.continuation_finding(cont)}",
+        f"- {continuation_finding(cont, page.evidence)}",
+        *([f"- {resample_finding(**resamples, evidence=ev)}"] if resamples else []),
+        *([f"- {line}" for line in frontier["findings"]] if frontier else []),
         f"\n## Subset sweep\n\n{sweep_table(sweep_results['subset'])}",
         f"\n## Scale sweep\n\n{sweep_table(sweep_results['scale'])}",
         "\nPaired changes (delta_*) are cell minus baseline over the same (problem, sample) pairs; "
@@ -260,10 +284,12 @@ def phase2_page(
         "completions that stopped before the token cap (n_finished). "
         f"{sweep_results['interval_method']} (cell rates and paired changes).",
         "\n## Continuation ablation\n\n"
-        + (f"{R.md_table(cont, {'p_onset_mean': 'pct'})}\n\n{mean_note()}." if cont.height else "none"),
+        + (f"{continuation_table(cont)}\n\n{mean_note()}." if cont.height else "none"),
+        *([resample_section(resamples["summary"])] if resamples else []),
+        *([frontier["section"]] if frontier else []),
         f"\n## Hook calls\n\n{hook_stats.height} (cell, phase, component, layer) rows; "
         "see the `hook_stats` asset.",
-        f"\n## Figures\n\n{page.figures(PHASE2_FIGURES)}",
+        f"\n## Figures\n\n{page.figures(phase2_figures(bool(resamples), bool(frontier)))}",
     ]
     return "\n".join(lines) + "\n"
 

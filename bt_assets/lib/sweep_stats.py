@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
+from bt_assets.lib.onset_phrases import phrase_summary, phrase_table
 from bt_assets.lib.rates import rate_row, truncation_row
 from bt_assets.lib.stats import (
     N_BOOT,
@@ -85,10 +86,14 @@ def sweep_tables(
 
     Every row is ``cell``, ``subset``, ``scale``, ``n_components`` (components the cell scales, from
     ``n_components``; 0 when absent), ``sweeps`` and the ``cell_stats`` columns; BT and correctness are
-    read from the columns of ``detection_mode`` / ``grading_mode``."""
+    read from the columns of ``detection_mode`` / ``grading_mode``. ``onset_phrases``: the per-cell
+    distribution of normalised onset phrases (``onset_phrases.phrase_table`` rows), and each row's
+    ``onset_phrases`` its top phrases with counts."""
     bt, ok = bt_column(detection_mode), correct_column(grading_mode)
     base_key = next(c.key for c in cells if c.subset == "baseline")
     base = events.filter(pl.col("condition") == base_key).select("example_id", "sample_id", bt, ok)
+    phrases = phrase_table(events, [c.key for c in cells], detection_mode)
+    phrase_text = phrase_summary(phrases)
     per_cell = []
     for c in cells:
         st = cell_stats(events.filter(pl.col("condition") == c.key), base, bt, ok, seed)
@@ -100,6 +105,7 @@ def sweep_tables(
                 "n_components": n_components.get(c.key, 0),
                 "sweeps": ",".join(c.sweeps),
                 **st,
+                "onset_phrases": phrase_text.get(c.key, ""),
             }
         )
     base_row = next(r for r in per_cell if r["cell"] == base_key)
@@ -115,6 +121,7 @@ def sweep_tables(
         "scale": scale,
         "best_tradeoff": best,
         "baseline": base_row,
+        "onset_phrases": phrases.to_dicts(),
         "detection_mode": detection_mode,
         "grading_mode": grading_mode,
         "accuracy_denominator": "all completions (no answer = not correct)",
@@ -225,14 +232,26 @@ def hook_problems(counts: pl.DataFrame, cells: Sequence[Cell]) -> list[str]:
     return out
 
 
+# continuation_summary: per-event column -> summary name; each mean gets a problem-clustered interval
+CONTINUATION_MEANS = {
+    "onset_family_prob": "p_onset_mean",
+    "onset_logit": "logit_mean",
+    "onset_family_prob_drop": "p_onset_drop_mean",
+    "onset_logit_drop": "logit_drop_mean",
+    "synonym_family_prob": "p_synonym_mean",
+}
+PROBABILITY_MEANS = ("p_onset_mean", "p_synonym_mean")
+
+
 def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
     """Per scale (1.0 = clean), over the BT events ``n`` from ``n_problems`` problems (the example_id of
-    each ``event`` key, ``stats.problem_of``): ``p_onset_mean`` (mean probability of the onset token)
-    and ``logit_mean`` with problem-clustered 95% t-intervals (``stats.clustered_mean_interval``: events
-    of one problem are not independent) ``p_onset_mean_lo/_hi`` (clipped to [0, 1]) and
-    ``logit_mean_lo/_hi`` (null with events from a single problem); ``synonym_share`` /
-    ``onset_top1_share``: events whose top-1 token is a synonym of the onset / the onset itself, over
-    ``n``."""
+    each ``event`` key, ``stats.problem_of``), the mean of each ``CONTINUATION_MEANS`` column with a
+    problem-clustered 95% t-interval ``<name>_lo/_hi`` (``stats.clustered_mean_interval``: events of one
+    problem are not independent; null with events from a single problem; probabilities clipped to
+    [0, 1]): ``p_onset_mean`` (P(onset token family)), ``logit_mean`` (the onset token's logit),
+    ``p_onset_drop_mean`` / ``logit_drop_mean`` (the PAIRED clean-minus-ablated drop per event: the
+    same event's clean row is its pair), ``p_synonym_mean`` (P(synonym family)); ``synonym_share`` /
+    ``onset_top1_share``: events whose top-1 token is in the synonym / onset family, over ``n``."""
     if df.height == 0:
         return pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
     df = df.with_columns(pl.Series("_problem", [problem_of(k) for k in df["event"]], pl.String))
@@ -241,24 +260,24 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.len().alias("n"),
             pl.col("_problem").n_unique().alias("n_problems"),
-            pl.col("onset_prob").mean().alias("p_onset_mean"),
-            pl.col("onset_logit").mean().alias("logit_mean"),
+            *(pl.col(c).mean().alias(name) for c, name in CONTINUATION_MEANS.items()),
             pl.col("top1_is_synonym").mean().alias("synonym_share"),
             pl.col("top1_is_onset").mean().alias("onset_top1_share"),
         )
         .sort("scale", descending=True)
     )
-    bounds: dict[str, list[float | None]] = {c: [] for c in ("p_lo", "p_hi", "l_lo", "l_hi")}
+    bounds: dict[str, list[float | None]] = {
+        f"{n}_{e}": [] for n in CONTINUATION_MEANS.values() for e in ("lo", "hi")
+    }
     for scale in g["scale"]:
         rows = df.filter(pl.col("scale") == scale)
-        for col, (lo_key, hi_key) in (("onset_prob", ("p_lo", "p_hi")), ("onset_logit", ("l_lo", "l_hi"))):
+        for col, name in CONTINUATION_MEANS.items():
             ok = rows.filter(pl.col(col).is_not_null())
             _, _, lo, hi = clustered_mean_interval(ok[col].to_numpy(), ok["_problem"].to_numpy())
-            bounds[lo_key].append(lo if np.isfinite(lo) else None)
-            bounds[hi_key].append(hi if np.isfinite(hi) else None)
-    return g.with_columns(
-        pl.Series("p_onset_mean_lo", bounds["p_lo"], pl.Float64).clip(0.0, 1.0),
-        pl.Series("p_onset_mean_hi", bounds["p_hi"], pl.Float64).clip(0.0, 1.0),
-        pl.Series("logit_mean_lo", bounds["l_lo"], pl.Float64),
-        pl.Series("logit_mean_hi", bounds["l_hi"], pl.Float64),
-    )
+            bounds[f"{name}_lo"].append(lo if np.isfinite(lo) else None)
+            bounds[f"{name}_hi"].append(hi if np.isfinite(hi) else None)
+    cols = []
+    for key, values in bounds.items():
+        series = pl.Series(key, values, pl.Float64)
+        cols.append(series.clip(0.0, 1.0) if key.rsplit("_", 1)[0] in PROBABILITY_MEANS else series)
+    return g.with_columns(cols)

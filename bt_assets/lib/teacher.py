@@ -19,6 +19,7 @@ import torch
 
 from bt_assets.lib.engine import slab_cache
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
+from bt_assets.lib.token_family import onset_family, token_family
 
 
 @dataclass(frozen=True)
@@ -179,17 +180,16 @@ CONTINUATION_SCHEMA = {
     "top1_text": pl.String,
     "top1_is_onset": pl.Boolean,
     "top1_is_synonym": pl.Boolean,
+    "onset_family_size": pl.Int64,
+    "onset_family_prob": pl.Float64,
+    "synonym_family_prob": pl.Float64,
+    "onset_family_prob_drop": pl.Float64,
+    "onset_logit_drop": pl.Float64,
 }
 
 
 def empty_continuation() -> pl.DataFrame:
     return pl.DataFrame(schema=CONTINUATION_SCHEMA)
-
-
-def is_synonym(text: str, synonyms: Sequence[str]) -> bool:
-    """Does a decoded token start one of the synonym triggers (" Actually" -> "Actually")?"""
-    word = text.strip()
-    return bool(word) and any(s.split()[0].lower() == word.lower() for s in synonyms)
 
 
 def continuation_rows(
@@ -202,12 +202,22 @@ def continuation_rows(
     synonyms: Sequence[str],
     subset: str,
 ) -> list[dict]:
-    """One row per (event, scale): P(onset token), its logit and log-prob at the prediction position with
-    the subset scaled there only (row 0 of ``table`` = clean, scale 1.0), and the top tokens."""
+    """One row per (event, scale) at the prediction position with the subset scaled there only (row 0
+    of ``table`` = clean, scale 1.0): the onset token's logit, log-prob and probability; the onset
+    scored as a token FAMILY (``token_family.onset_family``: the trigger word in every casing, with or
+    without a leading space) and the synonym family (the first words of ``synonyms``, minus the onset
+    family); the paired clean-minus-this-row drops of the family probability and the onset logit (0 on
+    the clean row); the top tokens, and whether the top-1 token is in the onset or the synonym family."""
+    syn_all = token_family(tokenizer, synonyms)
     rows = []
     for ev in events:
         logits = score_at_onset(model, ev, table)
         logit, logp, prob = target_stats(logits, ev.target)
+        probs = torch.softmax(logits, -1)
+        family = onset_family(tokenizer, ev.target)
+        syn = sorted(syn_all - family)
+        fam_p = probs[:, sorted(family)].sum(-1)
+        syn_p = probs[:, syn].sum(-1) if syn else torch.zeros(len(scales))
         top = torch.topk(logits, top_k, dim=-1).indices.cpu()
         onset_text = tokenizer.decode([ev.target])
         for r, scale in enumerate(scales):
@@ -225,8 +235,13 @@ def continuation_rows(
                     "onset_prob": float(prob[r]),
                     "top_tokens": "|".join(texts),
                     "top1_text": texts[0],
-                    "top1_is_onset": int(top[r, 0]) == ev.target,
-                    "top1_is_synonym": int(top[r, 0]) != ev.target and is_synonym(texts[0], synonyms),
+                    "top1_is_onset": int(top[r, 0]) in family,
+                    "top1_is_synonym": int(top[r, 0]) in syn,
+                    "onset_family_size": len(family),
+                    "onset_family_prob": float(fam_p[r]),
+                    "synonym_family_prob": float(syn_p[r]),
+                    "onset_family_prob_drop": float(fam_p[0] - fam_p[r]),
+                    "onset_logit_drop": float(logit[0] - logit[r]),
                 }
             )
     return rows

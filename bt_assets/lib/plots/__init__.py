@@ -11,6 +11,8 @@ columns.
 - ``common``: style, colours, strict column reading, percent bars and their zoom rule, save, preview
 - ``phase1``: rate by variant / condition, formatting effect, accuracy by BT, logit lens, ablation scan
 - ``phase2``: baseline summary, subset sweep, scale trade-off, continuation effect
+- ``frontier``: every intervention family on one BT-rate / accuracy / tokens frontier
+- ``onsets``: onset phrases per sweep cell, onset resamples (clean vs ablated at the onset)
 """
 
 from bt_assets.lib.plots.common import (
@@ -20,6 +22,8 @@ from bt_assets.lib.plots.common import (
     role_color,
     save,
 )
+from bt_assets.lib.plots.frontier import tradeoff_frontier
+from bt_assets.lib.plots.onsets import onset_phrases, onset_resamples
 from bt_assets.lib.plots.phase1 import (
     ablation_importance,
     accuracy_by_bt,
@@ -45,10 +49,13 @@ __all__ = [
     "continuation_effect",
     "formatting_effect",
     "logit_lens",
+    "onset_phrases",
+    "onset_resamples",
     "phase2_baseline_summary",
     "preview_markdown",
     "role_color",
     "save",
     "scale_tradeoff",
     "subset_sweep",
+    "tradeoff_frontier",
 ]

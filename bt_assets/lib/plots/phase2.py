@@ -297,7 +297,7 @@ def continuation_effect(rows: Frame) -> Figure:
         suptitle="Continuation ablation at the onset position: does the onset token survive? "
         f"({n_text(n).replace('per group', 'events per scale')})",
         titles=[
-            "mean P(onset token) per scale; error bars: 95% CI",
+            "mean P(onset token family) per scale; error bars: 95% CI",
             "mean onset-token logit per scale; error bars: 95% CI",
         ],
         xlabels=[
@@ -307,7 +307,7 @@ def continuation_effect(rows: Frame) -> Figure:
         ],
     ) as (fig, (left, right)):
         right.set_ylabel("mean logit of the onset token")
-        table_rate_bars(left, t, names, "p_onset_mean", colors, "P(onset token) (%)")
+        table_rate_bars(left, t, names, "p_onset_mean", colors, "P(onset token family) (%)")
         mean, lo, hi = (t.num(c) for c in interval("logit_mean"))
         x = common.value_bars(right, mean, lo, hi, colors)
         right.axhline(0, color="black", linewidth=0.8)
