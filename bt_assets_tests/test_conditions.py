@@ -97,7 +97,7 @@ def test_paper_graph_has_a_generated_control_per_seed(name):
 
 
 def test_an_import_keeps_the_original_condition_names():
-    assert load_profile("import_reference").phase1_conditions == [
+    assert load_profile("original_run").phase1_conditions == [
         "baseline",
         "targeted_ablation",
         "random_ablation",

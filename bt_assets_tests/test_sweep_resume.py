@@ -17,7 +17,7 @@ from bt_assets.config import load_profile
 from bt_assets.definitions import build_definitions
 from bt_assets.launch import run_wave
 from bt_assets.lib.chunkstore import ChunkStore, file_sha256, safe_name
-from bt_assets.partitions import sweep_partitions
+from bt_assets.partitions import sweep_cell_list
 from bt_assets_tests.conftest import (
     check_record,
     dagster_env,
@@ -83,7 +83,7 @@ def test_sweep_kill_resume_equals_uninterrupted(tmp_path, tiny_dirs):
     profile = load_profile(str(prof_path))
     storage = profile.path("storage")
     sweep_root = storage / "sweep_generations"
-    keys = sweep_partitions(profile).get_partition_keys()
+    keys = [c.key for c in sweep_cell_list(profile)]  # the order the cells decode and write in
     n_chunks = profile.phase2.n_problems  # one problem per chunk
 
     # upstream on the same instance and storage, with a model biased towards "Wait" and EOS so Phase 1
