@@ -20,7 +20,6 @@ import torch
 from bt_assets.lib import teacher
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
 from bt_assets.lib.intervention_hooks import InterventionTables
-from bt_assets.lib.stats import clustered_mean_interval, problem_of
 from bt_assets.lib.teacher import Event
 
 
@@ -80,32 +79,11 @@ def head_scan_table(
     problem-clustered 95% t-interval; sorted by the mean logit change, most negative first."""
     n_layers, n_heads = len(decoder_layers(model)), model.config.num_attention_heads
     table, variants = head_table(n_layers, n_heads, range(n_layers) if layers is None else layers, scale)
-    deltas = torch.empty(len(events), len(variants), 2)
-    for i, ev in enumerate(events):
-        logit, logp, _ = teacher.target_stats(score_heads_at_onset(model, ev, table), ev.target)
-        deltas[i, :, 0] = (logit[1:] - logit[0]).cpu()
-        deltas[i, :, 1] = (logp[1:] - logp[0]).cpu()
-    problems = [problem_of(ev.key) for ev in events]
-    rows = []
-    for v, (layer, head) in enumerate(variants):
-        lg = clustered_mean_interval(deltas[:, v, 0].tolist(), problems)
-        lp = clustered_mean_interval(deltas[:, v, 1].tolist(), problems)
-        rows.append(
-            {
-                "layer": layer,
-                "head": head,
-                "n_events": len(events),
-                "delta_logit_mean": lg[0],
-                "delta_logit_std": lg[1],
-                "delta_logit_mean_lo": lg[2],
-                "delta_logit_mean_hi": lg[3],
-                "delta_logprob_mean": lp[0],
-                "delta_logprob_std": lp[1],
-                "delta_logprob_mean_lo": lp[2],
-                "delta_logprob_mean_hi": lp[3],
-                "scale": scale,
-            }
-        )
+    stats = teacher.onset_deltas(events, len(variants), lambda ev: score_heads_at_onset(model, ev, table))
+    rows = [
+        {"layer": layer, "head": head, **st, "scale": scale}
+        for (layer, head), st in zip(variants, stats, strict=True)
+    ]
     return pl.DataFrame(rows).sort("delta_logit_mean", "layer", "head", nulls_last=True)
 
 

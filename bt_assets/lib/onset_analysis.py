@@ -194,33 +194,18 @@ def ablation_scan_table(
     columns)."""
     n_layers = len(decoder_layers(model))
     table, variants = teacher.single_component_table(n_layers, components, layers, scale)
-    deltas = torch.empty(len(events), len(variants), 2)
-    for i, ev in enumerate(events):
-        logit, logp, _ = teacher.target_stats(teacher.score_at_onset(model, ev, table), ev.target)
-        deltas[i, :, 0] = (logit[1:] - logit[0]).cpu()
-        deltas[i, :, 1] = (logp[1:] - logp[0]).cpu()
-    problems = [problem_of(ev.key) for ev in events]
-    rows = []
-    for v, (comp, layer) in enumerate(variants):
-        lg = clustered_mean_interval(deltas[:, v, 0].tolist(), problems)
-        lp = clustered_mean_interval(deltas[:, v, 1].tolist(), problems)
-        rows.append(
-            {
-                "layer": layer,
-                "component": comp,
-                "delta_wait_logit_mean": lg[0],
-                "delta_wait_logit_std": lg[1],
-                "n_events": len(events),
-                "delta_logit_mean": lg[0],
-                "delta_logit_mean_lo": lg[2],
-                "delta_logit_mean_hi": lg[3],
-                "delta_logprob_mean": lp[0],
-                "delta_logprob_std": lp[1],
-                "delta_logprob_mean_lo": lp[2],
-                "delta_logprob_mean_hi": lp[3],
-                "scale": scale,
-            }
-        )
+    stats = teacher.onset_deltas(events, len(variants), lambda ev: teacher.score_at_onset(model, ev, table))
+    rows = [
+        {
+            "layer": layer,
+            "component": comp,
+            "delta_wait_logit_mean": st["delta_logit_mean"],
+            "delta_wait_logit_std": st["delta_logit_std"],
+            **{k: v for k, v in st.items() if k != "delta_logit_std"},
+            "scale": scale,
+        }
+        for (comp, layer), st in zip(variants, stats, strict=True)
+    ]
     return pl.DataFrame(rows).sort("delta_wait_logit_mean", "layer", "component", nulls_last=True)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import polars as pl
 import torch
 
@@ -31,7 +30,8 @@ from bt_assets.lib.engine_options import EngineOptions
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
 from bt_assets.lib.onset_phrases import normalise_phrase
 from bt_assets.lib.sampling import sample_logits, stable_key, uniforms
-from bt_assets.lib.stats import N_BOOT, bootstrap_note, cluster_ratio_interval
+from bt_assets.lib.stats import N_BOOT, bootstrap_note
+from bt_assets.lib.sweep_stats import paired_change  # a mean with its bootstrap-over-problems interval
 
 CONDITIONS = ("clean", "ablated")
 RESAMPLE_SCHEMA = {
@@ -192,14 +192,6 @@ def resample_table(
     return pl.DataFrame(rows, schema=RESAMPLE_SCHEMA) if rows else pl.DataFrame(schema=RESAMPLE_SCHEMA)
 
 
-def _rate(problems: np.ndarray, hits: np.ndarray, seed: int) -> tuple[float, float, float]:
-    """Pooled rate of ``hits`` with its 95% bootstrap interval over problems (nan when empty)."""
-    if hits.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    lo, hi = cluster_ratio_interval(problems, hits, None, N_BOOT, seed)
-    return float(hits.mean()), lo, hi
-
-
 def resample_summary(df: pl.DataFrame, seed: int) -> dict:
     """Per condition: ``n`` continuations of ``n_events`` events from ``n_problems`` problems,
     ``bt_rate`` = P(BT within the window) with ``bt_rate_lo/_hi`` (95% bootstrap over problems),
@@ -218,10 +210,10 @@ def resample_summary(df: pl.DataFrame, seed: int) -> dict:
     for cond in CONDITIONS:
         rows = df.filter(pl.col("condition") == cond)
         prob = rows["example_id"].cast(pl.String).to_numpy()
-        bt, bt_lo, bt_hi = _rate(prob, rows["bt_in_window"].cast(pl.Float64).to_numpy(), seed)
+        bt, bt_lo, bt_hi = paired_change(prob, rows["bt_in_window"].cast(pl.Float64).to_numpy(), seed)
         fin = rows.filter(pl.col("finished"))
         ok = fin["is_correct"].fill_null(False).cast(pl.Float64).to_numpy()
-        acc, acc_lo, acc_hi = _rate(fin["example_id"].cast(pl.String).to_numpy(), ok, seed)
+        acc, acc_lo, acc_hi = paired_change(fin["example_id"].cast(pl.String).to_numpy(), ok, seed)
         phrases = rows["first_phrase"].fill_null("?").value_counts(sort=True).head(3)
         out["conditions"][cond] = {
             "n": rows.height,
@@ -240,7 +232,7 @@ def resample_summary(df: pl.DataFrame, seed: int) -> dict:
     clean = df.filter(pl.col("condition") == "clean")
     pairs = clean.join(df.filter(pl.col("condition") == "ablated"), on=["event", "sample"], suffix="_abl")
     diff = (pairs["bt_in_window_abl"].cast(pl.Float64) - pairs["bt_in_window"].cast(pl.Float64)).to_numpy()
-    mean, lo, hi = _rate(pairs["example_id"].cast(pl.String).to_numpy(), diff, seed)
+    mean, lo, hi = paired_change(pairs["example_id"].cast(pl.String).to_numpy(), diff, seed)
     either = pairs.filter(pl.col("bt_in_window") | pl.col("bt_in_window_abl"))
     out["paired"] = {
         "delta_bt": mean,

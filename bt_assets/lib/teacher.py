@@ -11,7 +11,7 @@ full-sequence forward per variant (see ``scan_bruteforce`` and its test).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -19,6 +19,7 @@ import torch
 
 from bt_assets.lib.engine import slab_cache
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks, decoder_layers
+from bt_assets.lib.stats import clustered_mean_interval, problem_of
 from bt_assets.lib.token_family import onset_family, token_family
 
 
@@ -137,6 +138,30 @@ def target_stats(logits: torch.Tensor, target: int) -> tuple[torch.Tensor, torch
     """(logit, log-prob, prob) of ``target`` for every row of (R, V) logits."""
     logp = torch.log_softmax(logits, -1)[:, target]
     return logits[:, target], logp, logp.exp()
+
+
+def onset_deltas(
+    events: Sequence[Event], n_variants: int, score: Callable[[Event], torch.Tensor]
+) -> list[dict]:
+    """Per variant v < ``n_variants`` (row v + 1 of ``score(event)``'s (1 + V, vocab) logits; row 0 is
+    clean; the scan's and the head scan's shared step, NaN means without events): the change
+    of the onset token's logit and log-prob, mean over ``events`` with std and a problem-clustered 95%
+    t-interval (events of one problem are not independent): ``n_events``, ``delta_logit_mean``,
+    ``delta_logit_std``, ``delta_logit_mean_lo/_hi`` and the same for ``delta_logprob``."""
+    deltas = torch.empty(len(events), n_variants, 2)
+    for i, ev in enumerate(events):
+        logit, logp, _ = target_stats(score(ev), ev.target)
+        deltas[i, :, 0] = (logit[1:] - logit[0]).cpu()
+        deltas[i, :, 1] = (logp[1:] - logp[0]).cpu()
+    problems = [problem_of(ev.key) for ev in events]
+    out = []
+    for v in range(deltas.shape[1]):
+        row: dict = {"n_events": len(events)}
+        for j, name in enumerate(("delta_logit", "delta_logprob")):
+            mean, std, lo, hi = clustered_mean_interval(deltas[:, v, j].tolist(), problems)
+            row |= {f"{name}_mean": mean, f"{name}_std": std, f"{name}_mean_lo": lo, f"{name}_mean_hi": hi}
+        out.append(row)
+    return out
 
 
 def encode_full(tokenizer, prompt: str, completion: str, add_bos: bool) -> tuple[int, ...]:
