@@ -88,11 +88,11 @@ def test_missing_cells_requested_on_the_cron_tick_only(tmp_path):
         assert daemon.tick(defs, AFTER + dt.timedelta(days=1)) == set(keys)
         assert runs(profile, set(keys)) == 1
 
-        # all cells done but three scattered ones: each is its own range, its own run and model load
+        # all cells done but every second one: each is its own range, its own run and model load
         scattered = set(keys[1::2])
         materialize(instance, cells=set(keys) - scattered)
         assert daemon.tick(defs, AFTER + dt.timedelta(days=2)) == scattered
-        assert runs(profile, scattered) == len(scattered) == 3
+        assert runs(profile, scattered) == len(scattered) == len(keys) // 2 >= 2
 
         materialize(instance, cells=scattered)
         assert daemon.tick(defs, AFTER + dt.timedelta(days=3)) == set()
