@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from bt_assets.config import load_profile
+from bt_assets.partitions import sweep_key_order
 from bt_assets_tests.server import DagsterServer, dagster_home, free_port, serving
 
 pytestmark = pytest.mark.slow
@@ -58,9 +60,12 @@ def test_asset_graph_served(server):
 
 
 def test_sweep_partitions_listed(server):
+    """The served keys are the demo profile's sweep cells, in the order that keeps a stale block
+    contiguous (baseline first, then one subset's scales together)."""
     keys = server.gql(PARTS)["assetNodeOrError"]["partitionKeys"]
+    assert keys == sweep_key_order(load_profile("demo"))
     assert keys[0] == "subset=baseline,scale=1"
-    assert "subset=selected_mlp,scale=0.5" in keys and "subset=selected_mlp,scale=1" in keys
+    assert "subset=selected_mlp,scale=1" in keys  # the scale-1 cell that must equal the baseline
 
 
 def test_both_code_locations_load(server):
