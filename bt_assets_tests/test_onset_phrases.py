@@ -61,12 +61,18 @@ def test_sweep_rows_carry_the_phrases_and_the_figure_draws_them():
     out = sweep_tables(EVENTS, cells, {}, "corrected", "corrected", 0.5, 0)
     assert out["cells"][1]["onset_phrases"] == "Actually 2 (67%), Wait 1 (33%)"
     assert {r["cell"] for r in out["onset_phrases"]} == {"base", "abl"}
-    fig = plots.onset_phrases(out["onset_phrases"], cells=["base", "abl"])
+    fig = plots.onset_phrases(out["onset_phrases"], cells={"base": 5, "abl": 5})
     ax = fig.axes[0]
-    assert [t.get_text().split("\n")[0] for t in ax.get_yticklabels()] == ["base", "abl"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["base\n(n_bt=4 of 5)", "abl\n(n_bt=3 of 5)"]
     assert len(ax.patches) == 4  # one bar segment per (cell, phrase)
 
 
-def test_figure_without_any_bt_event_refuses():
+def test_figure_shows_a_cell_without_bt_as_a_measured_zero():
+    """No BT completion in any cell (the demo's usual case) is a result: every cell keeps its row with
+    its completion count and the "no BT completion" mark; only no cells at all refuses."""
+    fig = plots.onset_phrases([], cells={"base": 20, "abl": 20})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["base\n(n_bt=0 of 20)", "abl\n(n_bt=0 of 20)"]
+    assert [t.get_text() for t in ax.texts] == ["no BT completion"] * 2
     with pytest.raises(plots.FigureDataError):
-        plots.onset_phrases([], cells=["base"])
+        plots.onset_phrases([], cells={})

@@ -93,7 +93,7 @@ def build(profile: Profile) -> list:
         return plots.scale_tradeoff(sweep_results["scale"])
 
     def phrases(sweep_results: dict) -> Figure:
-        cells = [r["cell"] for r in sweep_results["cells"]]
+        cells = {r["cell"]: r["n"] for r in sweep_results["cells"]}
         return plots.onset_phrases(sweep_results["onset_phrases"], cells=cells)
 
     def tradeoff(intervention_results: pl.DataFrame) -> Figure:

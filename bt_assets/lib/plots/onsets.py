@@ -4,9 +4,10 @@ backtrack again, clean and with the onset steps ablated?)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import numpy as np
+import polars as pl
 from matplotlib.figure import Figure
 
 from bt_assets.lib.plots.common import (
@@ -25,35 +26,38 @@ OTHER = "other"
 MAX_PHRASES = 5  # phrases drawn by name (the most frequent over all cells); the rest are "other"
 
 
-def onset_phrases(rows: Frame, *, cells: Sequence[str] | None = None) -> Figure:
-    """One horizontal bar per sweep cell, split by onset phrase: the share of the cell's BT completions
-    that open with each phrase (``onset_phrases.phrase_table`` rows: cell, phrase, n, n_bt, share), in
-    percent; the ``MAX_PHRASES`` most frequent phrases over all cells by name, the rest as "other". Tick
-    labels carry n_bt (the share's denominator); a cell without BT events is not drawn. Raises when
-    there are no rows (no BT event in any cell)."""
-    t = read_table("onset_phrases", rows, ["cell", "phrase", "n", "n_bt", "share"])
-    df = t.df
+def onset_phrases(rows: Frame, *, cells: Mapping[str, int]) -> Figure:
+    """One horizontal bar per sweep cell (``cells``: cell key -> its number of completions, in drawing
+    order), split by onset phrase: the share of the cell's BT completions that open with each phrase
+    (``onset_phrases.phrase_table`` rows: cell, phrase, n, n_bt, share), in percent; the
+    ``MAX_PHRASES`` most frequent phrases over all cells by name, the rest as "other". Tick labels carry
+    n_bt of n (the share's denominator and the cell's completions); a cell without a BT completion keeps
+    its row, empty and marked "no BT completion", so zero is shown as a measured zero. Raises when there
+    are no cells."""
+    if not cells:
+        raise FigureDataError("onset_phrases: no sweep cells to draw")
+    df = read_table("onset_phrases", rows, ["cell", "phrase", "n", "n_bt", "share"], allow_empty=True).df
+    if df.width == 0:
+        df = pl.DataFrame(schema={"cell": pl.String, "phrase": pl.String, "n": pl.Int64, "n_bt": pl.Int64})
     counts: dict[str, int] = {}
     for p, n in zip(df["phrase"].to_list(), df["n"].to_list(), strict=True):
         counts[p] = counts.get(p, 0) + int(n)
     named = sorted(counts, key=lambda p: (-counts[p], p))[:MAX_PHRASES]
-    order = [c for c in (cells or []) if c in set(df["cell"])] or list(dict.fromkeys(df["cell"]))
+    order = list(cells)
     legend = [*named, *([OTHER] if len(counts) > len(named) else [])]
     share = np.zeros((len(order), len(legend)))
     n_bt = np.zeros(len(order))
     for r in df.iter_rows(named=True):
-        if r["cell"] not in order:
+        if r["cell"] not in cells:
             continue
         i = order.index(r["cell"])
         j = legend.index(r["phrase"] if r["phrase"] in named else OTHER)
         share[i, j] += 100 * float(r["share"])
         n_bt[i] = r["n_bt"]
-    if not order:
-        raise FigureDataError("onset_phrases: none of the cells has a BT event")
     with new_figure(
         figsize=(11, 1.6 + 0.55 * len(order)),
         suptitle="Onset phrases per cell: which phrase opens each backtracking completion",
-        titles=["share of the cell's BT completions (n_bt) opening with each phrase"],
+        titles=["share of the cell's BT completions (n_bt of n completions) opening with each phrase"],
         xlabels=["share of BT completions (%)"],
     ) as (fig, (ax,)):
         y = np.arange(len(order))
@@ -65,10 +69,15 @@ def onset_phrases(rows: Frame, *, cells: Sequence[str] | None = None) -> Figure:
                 if w >= 8:
                     ax.text(x0 + w / 2, yi, f"{w:.0f}%", ha="center", va="center", fontsize=8)
             left += share[:, j]
-        ax.set_yticks(y, [f"{c}\n(n_bt={int(k)})" for c, k in zip(order, n_bt, strict=True)], fontsize=8)
+        for yi, k in zip(y, n_bt, strict=True):
+            if k == 0:
+                ax.text(1, yi, "no BT completion", ha="left", va="center", fontsize=8, color="0.35")
+        labels = [f"{c}\n(n_bt={int(k)} of {cells[c]})" for c, k in zip(order, n_bt, strict=True)]
+        ax.set_yticks(y, labels, fontsize=8)
         ax.invert_yaxis()
         ax.set_xlim(0, 100)
-        ax.legend(title="onset phrase", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        if legend:
+            ax.legend(title="onset phrase", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
 
 
