@@ -15,6 +15,7 @@ import torch
 
 from bt_assets.lib import interventions as iv
 from bt_assets.lib.engine import Request, SamplingConfig, generate
+from bt_assets.lib.engine_options import EngineOptions
 from bt_assets.lib.generation import Cell, GenerationStore
 from bt_assets.lib.hooks import COMPONENTS, HookState, ablation_hooks
 from bt_assets.lib.intervention_hooks import first_token_logits
@@ -155,14 +156,35 @@ def test_engine_noop_equals_baseline_and_ban_holds(model):
     for c, k in enumerate(kinds, start=1):
         assert {k2[:2]: t for k2, t in out.items() if k2[2] == c} == base, k
         active = {k2[:2]: t for k2, t in out.items() if k2[2] == c + len(kinds)}
-        assert all(t[:1] == base[key][:1] for key, t in active.items()), k  # first token: shared prefill
+        if k != "token_ban":  # the first token comes from the shared prefill: only a logit offset moves it
+            assert all(t[:1] == base[key][:1] for key, t in active.items()), k
         changed.append(active != base)
     assert any(changed)  # (a weak one may keep every token of this "Wait"-biased model)
     for name in ("heads", "attn_mean", "mlp_mean", "resid", "logits"):
         assert any(n for (phase, comp, _), n in state.applied.items() if (phase, comp) == ("decode", name))
     banned = {k2[:2]: t for k2, t in out.items() if k2[2] == 1 + len(kinds) + kinds.index("token_ban")}
-    assert not any(t in WAIT_IDS for ts in banned.values() for t in ts[1:])
+    assert not any(t in WAIT_IDS for ts in banned.values() for t in ts)  # from the first token on
     assert not any(state.applied[k] for k in state.applied if k[0] == "prefill")
+
+
+@SLOW
+@pytest.mark.parametrize("scheduler", ["static", "continuous"])
+def test_the_ban_holds_from_the_first_generated_token(scheduler):
+    """A model that opens with "Wait" in most rows: the banned rows never emit a Wait id, the first
+    token included (it is sampled from the shared prefill's logits, which the engine offsets per row);
+    the baseline rows of the same batches keep their "Wait" openings."""
+    model = bias_towards_wait(tiny_model("qwen2"), wait=14.0, eos=0.0)
+    conds = [[], [SPECS["token_ban"](math.inf)]]
+    state = HookState.empty()
+    state.tables = iv.intervention_tables(model, conds)
+    table = torch.ones(len(conds), N_LAYERS, len(COMPONENTS))
+    opts = EngineOptions(scheduler=scheduler)
+    reqs = requests(range(2), samples=4)
+    done = generate(model, reqs, table, SAMPLING, [EOS_ID], EOS_ID, hook_state_out=state, options=opts)
+    out = {c.request.tag: c.token_ids for b in done for c in b}
+    first = {c: [t[0] for k, t in out.items() if k[2] == c] for c in (0, 1)}
+    assert sum(t in WAIT_IDS for t in first[0]) >= len(first[0]) // 2  # the baseline opens with "Wait"
+    assert not any(t in WAIT_IDS for k, ts in out.items() if k[2] == 1 for t in ts)
 
 
 def test_first_token_logits(model):

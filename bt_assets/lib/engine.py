@@ -3,15 +3,15 @@
 A batch is rows of (problem, sample, condition). The batch's DISTINCT prompts are left-padded with
 explicit position ids and prefilled once, with the hooks in phase "prefill" (decode-only ablations leave
 the prompt intact, so every sample and condition of a problem shares that prefill and its first-token
-logits); then one token per step in phase "decode" through a preallocated KV cache written in place
-(``bt_assets.lib.kv_cache``). With a bf16/fp16 model on CPU the rows attend to their prompt's K/V without
-copies (shared-prefix attention); otherwise each row gets a copy and sdpa runs as usual. Row r's step-t
-token uses the counter-based uniform of (seed, problem, sample, t), so the conditions of one (problem,
-sample) are paired. Each row stops at its own EOS and leaves the batch (its cache rows are dropped).
-The loop's state is one ``DecodeState`` (``bt_assets.lib.decode_state``); its device-dependent choices
-are one ``EngineOptions`` (``bt_assets.lib.engine_options``; ``EngineOptions.for_device``: the CPU
-defaults are the bit-exact path below, the CUDA defaults are not, and use continuous batching:
-``bt_assets.lib.scheduler``, where a finished row's slot is refilled; same completions, same keys).
+logits, offset per row only by a token ban); then one token per step in phase "decode" through a
+preallocated KV cache written in place (``bt_assets.lib.kv_cache``). With a bf16/fp16 model on CPU the
+rows attend to their prompt's K/V without copies (shared-prefix attention); otherwise each row gets a copy
+and sdpa runs as usual. Row r's step-t token uses the counter-based uniform of (seed, problem, sample, t),
+so the conditions of one (problem, sample) are paired. Each row stops at its own EOS and leaves the batch.
+The loop's state is one ``DecodeState`` (``bt_assets.lib.decode_state``); its device-dependent choices are
+one ``EngineOptions`` (``bt_assets.lib.engine_options``; ``EngineOptions.for_device``: the CPU defaults
+are the bit-exact path below, the CUDA defaults are not, and use continuous batching:
+``bt_assets.lib.scheduler``, where a finished row's slot is refilled; same completions).
 
 Bit-exactness rules (fp32 on CPU, the CPU ``EngineOptions``; bench/RESULTS.md has the measurements).
 A completion is then bit-identical whatever its batch size, order or neighbours, and a condition that
@@ -65,6 +65,7 @@ from torch import nn
 from bt_assets.lib.decode_state import DecodeState
 from bt_assets.lib.engine_options import MIN_DECODE_ROWS, EngineOptions, attention_kernel
 from bt_assets.lib.hooks import HookState, ablation_hooks, decoder_layers
+from bt_assets.lib.intervention_hooks import first_token_logits
 from bt_assets.lib.progress import progress_event
 
 if TYPE_CHECKING:
@@ -259,7 +260,7 @@ def decode_batch(
         # logits then do not depend on how many distinct prompts share the batch
         logits_to_keep=-(-floor // ids.shape[0]),  # <= width: prompts are >= floor wide
     )
-    logits = out.logits[:, -1][src]  # (n, V): each row starts from its prompt's prefill
+    logits = first_token_logits(state, out.logits[:, -1][src])  # (n, V): each row from its prefill
     if shared_attention:
         cache.set_rows(src)
     else:

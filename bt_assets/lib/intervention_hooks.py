@@ -14,8 +14,8 @@ for each batch row, exactly as for the scale table of ``bt_assets.lib.hooks``):
   (``model.get_output_embeddings()``); 0 = untouched, -inf = the token can never be sampled.
 
 Like the scale hooks they obey the explicit phase: with ``decode_only`` nothing is applied in the
-prefill (so the first generated token, sampled from the shared prefill, is never intervened on; see
-``first_token_logits`` for the one engine call that would extend a logit offset to it). Exact no-ops: a
+prefill (so the first generated token, sampled from the shared prefill, is intervened on only by a
+logit offset: the engine applies ``first_token_logits`` to its per-row first-token logits). Exact no-ops: a
 (condition, layer) whose row is the identity registers no hook when no condition needs one, and a
 hooked row at its identity value is returned bit for bit (rows are selected with ``torch.where`` or
 multiplied by exactly 1.0). Hook calls are counted in the ``HookState`` counters under the component
@@ -213,8 +213,9 @@ def first_token_logits(state: HookState, logits: torch.Tensor) -> torch.Tensor:
     """The logit offsets of each row's condition applied to the first-token logits (n, V) that the
     engine takes from the shared prefill (``decode_batch``'s ``out.logits[:, -1][src]``), for the rows of
     ``state.row_condition``. Hooks cannot do this: the prefill forward has one row per distinct prompt,
-    not per condition. The engine does not call it (yet): until it does, a token ban starts at the
-    second generated token, like every decode-only intervention."""
+    not per condition. The static (``engine.decode_batch``) and continuous (``scheduler``) paths both call
+    it, so a token ban holds from the first generated token; the other kinds start at the second (the
+    first token's logits come from the prompt's prefill, which no decode-only hook changes)."""
     t = state.tables
     if t is None or t.logit_offsets is None or not bool(t.active["logits"].any()):
         return logits

@@ -36,6 +36,7 @@ from bt_assets.lib.batch_plan import KVShape
 from bt_assets.lib.engine import Completion, Request, SamplingConfig, _attention_implementation, _left_pad
 from bt_assets.lib.engine_options import EngineOptions, attention_kernel
 from bt_assets.lib.hooks import HookState, ablation_hooks, decoder_layers
+from bt_assets.lib.intervention_hooks import first_token_logits
 from bt_assets.lib.kv_cache import COHORT_ATTENTION, RowSlab
 from bt_assets.lib.progress import progress_event
 from bt_assets.lib.sampling import as_int64, sample_logits, uniforms
@@ -180,7 +181,9 @@ class ContinuousDecoder:
             logits_to_keep=-(-floor // ids.shape[0]),
         )
         self._prefill_kv = [(layer.k_buf[src], layer.v_buf[src]) for layer in cache.layers]
-        return out.logits[:, -1][src], mask[src], ids.shape[1]
+        # a token ban covers the first token too (its rows' conditions are state.row_condition)
+        logits = first_token_logits(self.state, out.logits[:, -1][src])
+        return logits, mask[src], ids.shape[1]
 
     # ------------------------------------------------------------------ one decode step
     def sample(self) -> None:
