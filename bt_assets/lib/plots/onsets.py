@@ -74,7 +74,7 @@ def onset_phrases(rows: Frame, *, cells: Mapping[str, int]) -> Figure:
                 ax.text(1, yi, "no BT completion", ha="left", va="center", fontsize=8, color="0.35")
         labels = [f"{c}\n(n_bt={int(k)} of {cells[c]})" for c, k in zip(order, n_bt, strict=True)]
         ax.set_yticks(y, labels, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(order) - 0.5, -0.5)  # first cell on top, half a row of margin (empty rows too)
         ax.set_xlim(0, 100)
         if legend:
             ax.legend(title="onset phrase", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
