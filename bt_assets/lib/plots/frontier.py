@@ -4,6 +4,7 @@ mean generated tokens (right), one point per cell with its 95% bootstrap-over-pr
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 from matplotlib.figure import Figure
 
 from bt_assets.lib.plots.common import VARIANT_COLORS, Frame, interval, new_figure, read_table
@@ -36,6 +37,7 @@ def tradeoff_frontier(rows: Frame) -> Figure:
         xlabels=["backtracking rate (%)", "backtracking rate (%)"],
     ) as (fig, (left, right)):
         left.set_ylabel("accuracy (%)")
+        labels: dict[tuple[float, float], list[str]] = {}
         right.set_ylabel("mean generated tokens")
         for kind, (color, marker) in KIND_STYLE.items():
             sub = df.filter(df["kind"] == kind)
@@ -54,12 +56,21 @@ def tradeoff_frontier(rows: Frame) -> Figure:
                 x, y, sub["intervention"], sub["strength"], sub["pareto"], strict=True
             ):
                 label = "baseline" if kind == "baseline" else f"{name} {s:g}"
-                left.annotate(label, (xi, yi), xytext=(4, 4), textcoords="offset points", fontsize=7)
+                labels.setdefault((round(float(xi), 1), round(float(yi), 1)), []).append(label)
                 if p:
                     left.plot([xi], [yi], marker="o", markersize=16, markerfacecolor="none", color="black")
-        top = 100 * df["accuracy_hi"].cast(float).fill_null(0.0).fill_nan(0.0).max()
-        left.set_ylim(-2, max(10.0, min(100.0, float(top or 0.0) + 5)))  # percent: never a sub-point axis
-        left.legend(title="kind (cells)", fontsize=8, loc="best")
+        for (xi, yi), names in labels.items():  # cells on one point share one label, not a pile of text
+            left.annotate(", ".join(names), (xi, yi), xytext=(6, 6), textcoords="offset points", fontsize=7)
+        # percent axes from 0 (half a point below, so points at 0 show): never a sub-point or negative range
+        left.set_ylim(-0.5, max(10.0, min(100.0, _top(df, "accuracy_hi") + 5)))
         for ax in (left, right):
-            ax.margins(0.1)
+            ax.set_xlim(-0.5, max(10.0, min(100.0, _top(df, "bt_rate_hi") + 5)))
+        right.margins(y=0.1)
+        left.legend(title="kind (cells)", fontsize=8, loc="best")
     return fig
+
+
+def _top(df: pl.DataFrame, column: str) -> float:
+    """The largest finite value of ``column`` in percent (0 without one)."""
+    top = df[column].cast(float).fill_null(0.0).fill_nan(0.0).max()
+    return 100 * float(top or 0.0)
