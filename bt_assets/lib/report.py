@@ -79,7 +79,8 @@ def lift_finding(s: Mapping[str, float | None], original_lift: float | None, evi
     lift, lo, hi = s["lift"], s["lift_lo"], s["lift_hi"]
     k, probs = int(s["n_bt"]), int(s["n_bt_problems"])
     base = (
-        f"Among {s['n']} baseline completions ({k} with backtracking, from {probs} problems), accuracy is "
+        f"Among {s['n']} baseline completions ({k} with backtracking, from {probs} "
+        f"problem{'s' if probs != 1 else ''}), accuracy is "
         f"{pct(s['acc_with_bt'])} with backtracking and {pct(s['acc_without_bt'])} without"
     )
     if lift is None:

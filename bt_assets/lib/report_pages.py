@@ -139,7 +139,8 @@ def finished_lift_text(f: Mapping | None, evidence: Evidence) -> str:
     k, probs = f["n_bt"], f["n_bt_problems"]
     text = (
         f"Among finished completions ({f['n_finished']} of {f['n']}; {k} with backtracking from {probs} "
-        f"problems): with BT {R.pct(f['acc_with_bt'])}, without {R.pct(f['acc_without_bt'])}, lift "
+        f"problem{'s' if probs != 1 else ''}): with BT {R.pct(f['acc_with_bt'])}, "
+        f"without {R.pct(f['acc_without_bt'])}, lift "
         f"{R.num(f['lift'])}"
     )
     lo, hi = f["lift_lo"], f["lift_hi"]
