@@ -234,9 +234,7 @@ def test_cells_from_the_profile(model, demo_tokenizer, tmp_path):
         + [{"layer": 1, "auc_heldout": 0.6, "act_norm_mean": 1.0, "vector": [0.0] * D}],
         schema={k: STEERING_SCHEMA[k] for k in ("layer", "auc_heldout", "act_norm_mean", "vector")},
     )
-    cells = iv.intervention_cells(
-        cfgs,
-        model=model,
+    resolve = dict(
         tokenizer=demo_tokenizer,
         subsets={
             "top_mlp": type(
@@ -249,6 +247,12 @@ def test_cells_from_the_profile(model, demo_tokenizer, tmp_path):
         head_ranking=[(3, 3), (2, 0), (1, 1)],
         default_triggers=["Wait", "Actually"],
     )
+    cells = iv.intervention_cells(cfgs, model=model, **resolve)
+    # reading stored cells resolves them without the weights: the same cells, so the same fingerprints
+    unchecked = iv.intervention_cells(cfgs, model=None, **resolve)
+    assert [(c.key, c.scales, c.interventions) for c in unchecked] == [
+        (c.key, c.scales, c.interventions) for c in cells
+    ]
     assert [c.key for c in cells] == iv.cell_keys(cfgs)
     assert cells[0].key == iv.BASELINE_KEY and cells[0].noop
     by = {c.key: c for c in cells}

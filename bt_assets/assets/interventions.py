@@ -107,15 +107,19 @@ def build(profile: Profile) -> list:
         return w.materialized(profile, df, n_events=len(events), top_heads=str(top))
 
     def cells_of(
-        model: w.HookedModel, prompts: pl.DataFrame, selected: dict, means, vectors, heads, only=None
-    ):
+        model: w.HookedModel, prompts: pl.DataFrame, selected: dict, means, vectors, heads, only=None, *,
+        check: bool = True,
+    ):  # fmt: skip
+        """The generation cells; ``check=False`` (reading stored cells) resolves them from the tokenizer
+        and the upstream tables only, without loading the weights for the range checks."""
         hs = p2.head_scan
         ranking = (
             head_scan.select_heads(heads, None, hs.statistic, hs.require_negative) if heads.height else None
         )
         cells = iv.intervention_cells(
-            cfgs, model=model.model, tokenizer=model.tokenizer, subsets=subsets, selected=selected,
-            means=means if means.height else None, steering=vectors if vectors.height else None,
+            cfgs, model=model.model if check else None, tokenizer=model.tokenizer, subsets=subsets,
+            selected=selected, means=means if means.height else None,
+            steering=vectors if vectors.height else None,
             head_ranking=ranking, default_triggers=profile.detection.triggers_strict,
         )  # fmt: skip
         return [
@@ -153,9 +157,10 @@ def build(profile: Profile) -> list:
         head_scan_results: pl.DataFrame,
     ):
         upstream = (component_means, steering_vectors, head_scan_results)
-        return w.verify_cells(context, gen_store, cells_of(model, sweep_prompts, selected_layers, *upstream))
+        cells = cells_of(model, sweep_prompts, selected_layers, *upstream, check=False)
+        return w.verify_cells(context, gen_store, cells)
 
-    @dg.asset(**w.gpu_asset(profile, "phase2", deps=all_cells))
+    @dg.asset(**w.cpu_asset("phase2", deps=all_cells))
     def intervention_events(
         model: w.HookedModel,
         problems: pl.DataFrame,
@@ -166,9 +171,10 @@ def build(profile: Profile) -> list:
         head_scan_results: pl.DataFrame,
     ) -> dg.MaterializeResult[pl.DataFrame]:
         """Detection and grading of every intervention completion against its own problem's gold (the
-        cells' chunk fingerprints include the resolved vectors and heads, so the model resolves them)."""
+        cells' chunk fingerprints include the resolved vectors, heads and banned ids: the tokenizer and the
+        upstream tables resolve them; the weights are not loaded)."""
         upstream = (component_means, steering_vectors, head_scan_results)
-        gens = gen_store.read(cells_of(model, sweep_prompts, selected_layers, *upstream))
+        gens = gen_store.read(cells_of(model, sweep_prompts, selected_layers, *upstream, check=False))
         ev = w.events_of(profile, model, gens, sweep_prompts, problems, keep_token_ids=True)
         return w.materialized(profile, ev, rows=ev.height)
 

@@ -258,7 +258,7 @@ def _means_of(means: pl.DataFrame | None, comps: Sequence[tuple[str, int]], wher
 def intervention_cells(
     cfgs: Sequence[Any],
     *,
-    model: nn.Module,
+    model: nn.Module | None,
     tokenizer=None,
     subsets: Mapping[str, Any] | None = None,
     selected: Mapping[str, Sequence[int]] | None = None,
@@ -270,6 +270,8 @@ def intervention_cells(
 ) -> list[InterventionCell]:
     """The frontier's cells, baseline first, in ``cell_keys`` order; each entry resolved and checked
     against ``model`` (layers, heads, d_model, vocabulary), so a bad entry fails here naming its key.
+    ``model=None`` resolves without those checks (no weights needed): for reading cells that a checked
+    resolution already generated; the cells, and so their chunk fingerprints, are the same.
 
     ``subsets``: name -> ``Subset`` config (kinds scale and mean), with ``selected`` (the Phase-1
     ``selected_layers``) for subsets ``from_selected``; ``means``: ``component_means.means_frame``;
@@ -287,7 +289,7 @@ def intervention_cells(
                 if subsets is None or cfg.subset not in subsets:
                     raise ValueError(f"{where}.subset: unknown subset {cfg.subset!r}")
                 comps = subset_components(subsets[cfg.subset], selected)
-                bad = [c for c in comps if not 0 <= c[1] < len(decoder_layers(model))]
+                bad = [c for c in comps if model is not None and not 0 <= c[1] < len(decoder_layers(model))]
                 if bad:
                     raise ValueError(f"{where}.subset: {bad} out of range for this model")
                 if cfg.kind == "scale":
@@ -312,7 +314,8 @@ def intervention_cells(
                 ivs = (LogitBan(ids, strength, f"{where}.triggers"),)
             k = f"intervention={cfg.name},strength={fmt_strength(s)}"
             cells.append(InterventionCell(k, cfg.name, cfg.kind, strength, scales, ivs))
-    intervention_tables(model, [c.interventions for c in cells])  # every range checked before decoding
+    if model is not None:  # every range checked before decoding
+        intervention_tables(model, [c.interventions for c in cells])
     return cells
 
 
