@@ -77,6 +77,23 @@ def test_paired_drop_is_clean_minus_ablated_with_clustered_interval():
     assert "too few to test: 12 BT events from 6 problems" in few and "a reduction" not in few
 
 
+def test_top1_shares_carry_problem_clustered_intervals():
+    """The synonym top-1 share is a mean of a 0/1 indicator per event: its interval is the same
+    problem-clustered one as the other means (the shares pool events of several problems)."""
+    synonym = [i % 3 == 0 for i in range(12)]
+    ablated = _rows(KEYS, 0.0, [0.3] * 12, [1.0] * 12, [0.3] * 12).with_columns(
+        pl.Series("top1_is_synonym", synonym)
+    )
+    row = continuation_summary(ablated).row(0, named=True)
+    _, _, lo, hi = clustered_mean_interval([float(x) for x in synonym], [k.split("/")[1] for k in KEYS])
+    assert row["synonym_share"] == pytest.approx(4 / 12)
+    assert (row["synonym_share_lo"], row["synonym_share_hi"]) == (
+        pytest.approx(max(lo, 0.0)),
+        pytest.approx(hi),
+    )
+    assert "synonym top-1 33.3% [" in continuation_finding(continuation_summary(ablated), EV)
+
+
 def test_one_event_has_no_interval_and_no_direction():
     df = pl.concat([_rows(["a"], 1.0, [0.5], [3.0], [0.0]), _rows(["a"], 0.0, [0.1], [1.0], [0.4])])
     one = continuation_summary(df).filter(pl.col("scale") == 0.0).row(0, named=True)

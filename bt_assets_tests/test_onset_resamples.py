@@ -104,6 +104,8 @@ def test_summary_gives_stability_and_the_paired_change():
     assert a["first_phrases"].startswith("Actually 18")
     text = resample_finding(s, EVIDENCE, 1, 16)
     assert "a reduction: the interval excludes 0" in text and "(the onsets' stability)" in text
+    ci = f"[{100 * c['accuracy_finished_lo']:.1f}, {100 * c['accuracy_finished_hi']:.1f}]%"
+    assert f"clean 50.0% {ci} of 12" in text  # pooled over problems: with its clustered interval
     few = resample_finding(s, Evidence(min_events=100, min_problems=2), 1, 16)
     assert "too few to test" in few and "a reduction" not in few
     stab = R.event_stability(_frame(clean, ablated, problems))

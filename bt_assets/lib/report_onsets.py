@@ -42,6 +42,7 @@ def continuation_finding(summary: pl.DataFrame, evidence: Evidence) -> str:
 
     parts = [
         f"scale {s:g}: {p_onset(r)}, {drop(r)}, synonym top-1 {pct(r['synonym_share'])}"
+        f"{interval(r['synonym_share_lo'], r['synonym_share_hi'])}"
         for s, r in sorted(rows.items())
         if s != 1.0
     ]
@@ -59,7 +60,7 @@ def resample_finding(summary: Mapping, evidence: Evidence, first_k_steps: int, w
     """The onset resamples: stability (the clean P(BT within the window)), the ablated rate, the PAIRED
     change (ablated minus clean, same event and sampling keys) with its problem-bootstrap interval and
     what it shows (a direction only with ``evidence``), the opening phrases of each condition, and the
-    accuracy of finished continuations (descriptive)."""
+    accuracy of finished continuations with its interval (descriptive: no paired test)."""
     conds, paired = summary.get("conditions") or {}, summary.get("paired")
     if not conds or not paired:
         return "No BT events were resampled."
@@ -70,8 +71,12 @@ def resample_finding(summary: Mapping, evidence: Evidence, first_k_steps: int, w
 
     lo, hi = paired["delta_bt_lo"], paired["delta_bt_hi"]
     opening = f"clean: {clean['first_phrases'] or 'none'}; ablated: {abl['first_phrases'] or 'none'}"
-    finished = f"clean {pct(clean['accuracy_finished'])} of {clean['n_finished']}, ablated "
-    finished += f"{pct(abl['accuracy_finished'])} of {abl['n_finished']}"
+
+    def accuracy(r: Mapping) -> str:
+        ci = interval(r["accuracy_finished_lo"], r["accuracy_finished_hi"])
+        return f"{pct(r['accuracy_finished'])}{ci} of {r['n_finished']}"
+
+    finished = f"clean {accuracy(clean)}, ablated {accuracy(abl)}"
     shown = verdict(lo, hi, paired["bt_pairs"], paired["bt_pair_problems"], evidence, "pairs with a BT event")
     return (
         f"Resampled from the prefix before {clean['n_events']} BT onsets ({clean['n_problems']} problems): "
@@ -96,13 +101,15 @@ CONTINUATION_COLUMNS = [
     "logit_drop_mean_lo",
     "logit_drop_mean_hi",
     "synonym_share",
+    "synonym_share_lo",
+    "synonym_share_hi",
 ]
 
 
 def continuation_table(summary: pl.DataFrame) -> str:
     """The continuation summary per scale: P(onset family) and its paired clean-minus-ablated drop
     (percent), the onset-logit drop, with problem-clustered 95% intervals, and the synonym top-1 share."""
-    pct_cols = [c for c in CONTINUATION_COLUMNS if c.startswith("p_") or c == "synonym_share"]
+    pct_cols = [c for c in CONTINUATION_COLUMNS if c.startswith(("p_", "synonym_share"))]
     fmt = {**dict.fromkeys(pct_cols, "pct"), **{c: "f2" for c in CONTINUATION_COLUMNS if "logit" in c}}
     return md_table(summary.select(CONTINUATION_COLUMNS), fmt)
 
@@ -119,6 +126,8 @@ RESAMPLE_COLUMNS = [
     "bt_rate_hi",
     "n_finished",
     "accuracy_finished",
+    "accuracy_finished_lo",
+    "accuracy_finished_hi",
     "first_phrases",
 ]
 
@@ -129,6 +138,6 @@ def resample_section(summary: Mapping) -> str:
     rows = [{"condition": c, **r} for c, r in (summary.get("conditions") or {}).items()]
     if not rows:
         return "\n## Onset resamples\n\nnone"
-    fmt = {c: "pct" for c in ("bt_rate", "bt_rate_lo", "bt_rate_hi", "accuracy_finished")}
+    fmt = {c: "pct" for c in RESAMPLE_COLUMNS if c.startswith(("bt_rate", "accuracy"))}
     table = md_table(pl.DataFrame(rows).select(RESAMPLE_COLUMNS), fmt)
     return f"\n## Onset resamples\n\n{table}\n\n{summary['interval_method']}."

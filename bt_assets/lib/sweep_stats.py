@@ -239,8 +239,10 @@ CONTINUATION_MEANS = {
     "onset_family_prob_drop": "p_onset_drop_mean",
     "onset_logit_drop": "logit_drop_mean",
     "synonym_family_prob": "p_synonym_mean",
+    "top1_is_synonym": "synonym_share",  # 0/1 per event: shares are means with the same interval
+    "top1_is_onset": "onset_top1_share",
 }
-PROBABILITY_MEANS = ("p_onset_mean", "p_synonym_mean")
+PROBABILITY_MEANS = ("p_onset_mean", "p_synonym_mean", "synonym_share", "onset_top1_share")
 
 
 def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
@@ -250,8 +252,8 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
     problem are not independent; null with events from a single problem; probabilities clipped to
     [0, 1]): ``p_onset_mean`` (P(onset token family)), ``logit_mean`` (the onset token's logit),
     ``p_onset_drop_mean`` / ``logit_drop_mean`` (the PAIRED clean-minus-ablated drop per event: the
-    same event's clean row is its pair), ``p_synonym_mean`` (P(synonym family)); ``synonym_share`` /
-    ``onset_top1_share``: events whose top-1 token is in the synonym / onset family, over ``n``."""
+    same event's clean row is its pair), ``p_synonym_mean`` (P(synonym family)), ``synonym_share`` /
+    ``onset_top1_share`` (the share of events whose top-1 token is in the synonym / onset family)."""
     if df.height == 0:
         return pl.DataFrame(schema={"scale": pl.Float64, "n": pl.Int64})
     df = df.with_columns(pl.Series("_problem", [problem_of(k) for k in df["event"]], pl.String))
@@ -260,9 +262,7 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
         .agg(
             pl.len().alias("n"),
             pl.col("_problem").n_unique().alias("n_problems"),
-            *(pl.col(c).mean().alias(name) for c, name in CONTINUATION_MEANS.items()),
-            pl.col("top1_is_synonym").mean().alias("synonym_share"),
-            pl.col("top1_is_onset").mean().alias("onset_top1_share"),
+            *(pl.col(c).cast(pl.Float64).mean().alias(name) for c, name in CONTINUATION_MEANS.items()),
         )
         .sort("scale", descending=True)
     )
@@ -273,7 +273,8 @@ def continuation_summary(df: pl.DataFrame) -> pl.DataFrame:
         rows = df.filter(pl.col("scale") == scale)
         for col, name in CONTINUATION_MEANS.items():
             ok = rows.filter(pl.col(col).is_not_null())
-            _, _, lo, hi = clustered_mean_interval(ok[col].to_numpy(), ok["_problem"].to_numpy())
+            values = ok[col].cast(pl.Float64).to_numpy()
+            _, _, lo, hi = clustered_mean_interval(values, ok["_problem"].to_numpy())
             bounds[f"{name}_lo"].append(lo if np.isfinite(lo) else None)
             bounds[f"{name}_hi"].append(hi if np.isfinite(hi) else None)
     cols = []
