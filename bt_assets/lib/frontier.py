@@ -16,12 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
 from bt_assets.lib.events import bt_column, correct_column
 from bt_assets.lib.report import interval, md_table, paired_text, pct, points
-from bt_assets.lib.stats import N_BOOT, Evidence, bootstrap_note, cluster_bootstrap, ratio_of_means
+from bt_assets.lib.stats import (
+    N_BOOT,
+    Evidence,
+    accuracy_difference,
+    accuracy_split_intervals,
+    bootstrap_note,
+)
 from bt_assets.lib.sweep_stats import cell_stats, paired_change
 
 MECHANISTIC = ("scale", "mean", "heads", "steer")
@@ -39,12 +44,9 @@ def _finished_diff(rows: pl.DataFrame, base: pl.DataFrame, ok: str, seed: int) -
         return float("nan"), float("nan"), float("nan")
     cell = both["_cell"].to_numpy()
     hit = both[ok].fill_null(False).cast(pl.Float64).to_numpy()
-
-    def diff(c: np.ndarray, h: np.ndarray) -> float:
-        return ratio_of_means(h * c, c) - ratio_of_means(h * ~c, ~c)
-
-    lo, hi = cluster_bootstrap(both["example_id"].to_numpy(), [cell, hit], diff, seed=seed)
-    return diff(cell, hit), lo, hi
+    # the "with" side is the cell, the "without" side the baseline: accuracy cell minus baseline
+    lo, hi = accuracy_split_intervals(both["example_id"].to_numpy(), cell, hit, seed=seed)["difference"]
+    return accuracy_difference(cell, hit), lo, hi
 
 
 def frontier_table(

@@ -15,10 +15,9 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
-from bt_assets.lib.stats import Evidence, cluster_bootstrap, ratio_of_means
+from bt_assets.lib.stats import Evidence, accuracy_difference, accuracy_split_intervals
 
 
 def pct(x: float | None, digits: int = 1) -> str:
@@ -247,14 +246,12 @@ def _rate_change(rows: pl.DataFrame, cond: str, col: str, what: str, evidence: E
     points, with its 95% bootstrap interval over problems and what it shows."""
     in_cond = (rows["condition"] == cond).to_numpy()
     hit = rows[col].fill_null(False).cast(pl.Float64).to_numpy()
-
-    def diff(c: np.ndarray, h: np.ndarray) -> float:
-        return ratio_of_means(h * c, c) - ratio_of_means(h * ~c, ~c)
-
-    lo, hi = cluster_bootstrap(rows["example_id"].to_numpy(), [in_cond, hit], diff, seed=seed)
+    # rate in the condition minus rate in the baseline: the with/without split on ``in_cond``
+    lo, hi = accuracy_split_intervals(rows["example_id"].to_numpy(), in_cond, hit, seed=seed)["difference"]
     events = rows.filter(pl.col(col).fill_null(False))
     k, probs = events.height, events["example_id"].n_unique()
-    return f"{points(diff(in_cond, hit), lo, hi)} ({verdict(lo, hi, k, probs, evidence, what)})"
+    change = accuracy_difference(in_cond, hit)
+    return f"{points(change, lo, hi)} ({verdict(lo, hi, k, probs, evidence, what)})"
 
 
 def condition_finding(rates: pl.DataFrame, view: pl.DataFrame, evidence: Evidence, seed: int) -> str:
