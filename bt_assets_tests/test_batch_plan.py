@@ -3,14 +3,27 @@ numbers for DeepSeek-R1-Distill-Qwen-1.5B's shapes worked out by hand."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 from transformers import Qwen2Config
 
-from bt_assets.lib.batch_plan import KVShape, plan_rows
+from bt_assets.lib.batch_plan import CPU_DEFAULT_ROWS, KVShape, plan_for, plan_rows
 
 GIB = 2**30
 R1 = KVShape(n_layers=28, n_kv_heads=2, head_dim=128, dtype_bytes=2)  # bf16
+
+
+class R1Stub(nn.Module):
+    """DeepSeek-R1-Distill-Qwen-1.5B's config (no weights) with a bf16 parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = Qwen2Config(
+            hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
+        )
+        self.w = nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
 
 
 def test_r1_kv_bytes_per_token_by_hand():
@@ -20,16 +33,7 @@ def test_r1_kv_bytes_per_token_by_hand():
 
 def test_r1_shape_from_its_config():
     """``KVShape.of`` reads the R1 config (12 query heads of 1536 / 12 = 128 dims, 2 KV heads) and dtype."""
-
-    class Stub(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.config = Qwen2Config(
-                hidden_size=1536, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
-            )
-            self.w = nn.Parameter(torch.zeros(1, dtype=torch.bfloat16))
-
-    assert KVShape.of(Stub()) == R1
+    assert KVShape.of(R1Stub()) == R1
 
 
 def test_r1_rows_on_an_80_gib_gpu_by_hand():
@@ -51,3 +55,13 @@ def test_plan_limits():
     assert plan_rows(R1, free_bytes=GIB // 10, max_new_tokens=4096, **kw).rows == 1
     short = plan_rows(R1, free_bytes=76 * GIB, max_new_tokens=512, **kw).rows
     assert short == int(76 * GIB * 0.9) // (768 * 28_672 + 4_861_952) == 2_732
+
+
+def test_a_planned_run_logs_its_plan(caplog):
+    """``plan_for`` on a model (here the R1 shape stub on CPU, capped at ``CPU_DEFAULT_ROWS``) logs the
+    plan's line, so the run log says where the live-row count came from."""
+    with caplog.at_level(logging.INFO, logger="bt_assets.lib.batch_plan"):
+        plan = plan_for(R1Stub(), prompt_width=256, max_new_tokens=4096)
+    assert plan.rows == CPU_DEFAULT_ROWS
+    assert [r.getMessage() for r in caplog.records] == [plan.describe()]
+    assert "28,672 KV bytes/token" in plan.describe()

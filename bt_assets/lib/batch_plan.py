@@ -12,6 +12,7 @@ checked by hand in bt_assets_tests/test_batch_plan.py): 28 layers x 2 KV heads x
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -102,11 +103,13 @@ def free_bytes(device: torch.device) -> int:
 def plan_for(
     model: nn.Module, *, prompt_width: int, max_new_tokens: int, max_rows: int | None = None
 ) -> BatchPlan:
-    """``plan_rows`` for a loaded model on its device. On CPU (host memory is rarely the limit and more
-    rows only make each step slower) the plan is capped at ``CPU_DEFAULT_ROWS``."""
+    """``plan_rows`` for a loaded model on its device, logged (``BatchPlan.describe``, logger
+    ``bt_assets.lib.batch_plan``: the run log shows where the live-row count came from). On CPU (host
+    memory is rarely the limit and more rows only make each step slower) the plan is capped at
+    ``CPU_DEFAULT_ROWS``."""
     dev = next(model.parameters()).device
     cap = max_rows if dev.type != "cpu" else min(max_rows or CPU_DEFAULT_ROWS, CPU_DEFAULT_ROWS)
-    return plan_rows(
+    plan = plan_rows(
         KVShape.of(model),
         free_bytes=free_bytes(dev),
         prompt_width=prompt_width,
@@ -114,3 +117,5 @@ def plan_for(
         vocab_size=model.config.vocab_size,
         max_rows=cap,
     )
+    logging.getLogger(__name__).info(plan.describe())
+    return plan
