@@ -11,8 +11,6 @@ onset position, the layer scan's method). One partition per (intervention, stren
 one run with one model load.
 """
 
-import math
-
 import dagster as dg
 import polars as pl
 
@@ -34,21 +32,7 @@ def build(profile: Profile) -> list:
     subsets = {s.name: s for s in p2.subsets}
     gen_store = w.store(profile, "intervention_generations", p2.samples_per_prompt)
     keys = iv.cell_keys(cfgs)
-    info = [
-        {
-            "key": iv.BASELINE_KEY,
-            "intervention": "baseline",
-            "kind": "baseline",
-            "strength": 0.0,
-            "noop": True,
-        }
-    ]
-    for c in cfgs:
-        for s in c.strengths:
-            strength = math.inf if s == "inf" else float(s)
-            key = f"intervention={c.name},strength={iv.fmt_strength(s)}"
-            info.append({"key": key, "intervention": c.name, "kind": c.kind, "strength": strength,
-                         "noop": strength == iv.NOOP[c.kind]})  # fmt: skip
+    info = iv.cell_table(cfgs)  # key, intervention, kind, strength, noop per cell
     all_cells = [dg.AssetDep("intervention_generations", partition_mapping=w.ALL)]
 
     def unused(schema: dict, kind: str) -> dg.MaterializeResult:

@@ -214,7 +214,17 @@ class InterventionCell:
     @property
     def noop(self) -> bool:
         """At its kind's no-op strength: must equal the baseline token for token."""
-        return self.kind == "baseline" or self.strength == NOOP[self.kind]
+        return is_noop(self.kind, self.strength)
+
+
+def is_noop(kind: str, strength: float) -> bool:
+    """The baseline, or a kind at its no-op strength (``NOOP``)."""
+    return kind == "baseline" or strength == NOOP[kind]
+
+
+def parse_strength(s: float | str) -> float:
+    """A configured strength as a number ("inf": an infinite ban penalty)."""
+    return math.inf if s == "inf" else float(s)
 
 
 def fmt_strength(s: float | str) -> str:
@@ -222,11 +232,28 @@ def fmt_strength(s: float | str) -> str:
     return "inf" if s == "inf" or (isinstance(s, float) and math.isinf(s)) else f"{float(s):g}"
 
 
-def cell_keys(cfgs: Sequence[Any]) -> list[str]:
-    """Every cell key of ``phase2.interventions`` (no model needed: the static partitions), baseline first."""
-    return [BASELINE_KEY] + [
-        f"intervention={c.name},strength={fmt_strength(s)}" for c in cfgs for s in c.strengths
+def intervention_key(name: str, s: float | str) -> str:
+    """The partition key of intervention ``name`` at strength ``s``."""
+    return f"intervention={name},strength={fmt_strength(s)}"
+
+
+def cell_table(cfgs: Sequence[Any]) -> list[dict[str, Any]]:
+    """One row per cell of ``phase2.interventions``, baseline first (no model needed): ``key``,
+    ``intervention``, ``kind``, ``strength``, ``noop``: what the frontier labels its cells with."""
+    rows: list[dict[str, Any]] = [
+        {"key": BASELINE_KEY, "intervention": "baseline", "kind": "baseline", "strength": 0.0, "noop": True}
     ]
+    for c in cfgs:
+        for s in c.strengths:
+            strength = parse_strength(s)
+            rows.append({"key": intervention_key(c.name, s), "intervention": c.name, "kind": c.kind,
+                         "strength": strength, "noop": is_noop(c.kind, strength)})  # fmt: skip
+    return rows
+
+
+def cell_keys(cfgs: Sequence[Any]) -> list[str]:
+    """Every cell key of ``phase2.interventions`` (the static partitions), baseline first."""
+    return [r["key"] for r in cell_table(cfgs)]
 
 
 def steering_for(
@@ -282,7 +309,7 @@ def intervention_cells(
     for i, cfg in enumerate(cfgs):
         where = f"{key}.{i}"
         for s in cfg.strengths:
-            strength = math.inf if s == "inf" else float(s)
+            strength = parse_strength(s)
             ivs: tuple[Intervention, ...] = ()
             scales: dict[tuple[str, int], float] = {}
             if cfg.kind in ("scale", "mean"):
@@ -312,8 +339,8 @@ def intervention_cells(
                     raise ValueError(f"{where}.triggers: no triggers (or no tokenizer) to resolve")
                 ids = trigger_token_ids(tokenizer, triggers, f"{where}.triggers")
                 ivs = (LogitBan(ids, strength, f"{where}.triggers"),)
-            k = f"intervention={cfg.name},strength={fmt_strength(s)}"
-            cells.append(InterventionCell(k, cfg.name, cfg.kind, strength, scales, ivs))
+            key = intervention_key(cfg.name, s)
+            cells.append(InterventionCell(key, cfg.name, cfg.kind, strength, scales, ivs))
     if model is not None:  # every range checked before decoding
         intervention_tables(model, [c.interventions for c in cells])
     return cells
