@@ -14,7 +14,8 @@ single problem). The original's columns (``mean_target_logit_bt``, ``std_bt``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import polars as pl
 import torch
@@ -121,15 +122,26 @@ def probes(rows: pl.DataFrame, prompts: pl.DataFrame, tokenizer, add_bos: bool) 
     """Teacher-forced probes of event-sample rows (``kind`` already chosen), probed at ``pred_pos`` for
     ``target``: prompt ids + the stored ``completion_token_ids`` where the rows carry them (the ids the
     model saw), else prompt + completion re-tokenised; rows whose position falls outside are dropped."""
-    text = {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
-    out = []
-    for r in rows.iter_rows(named=True):
-        prompt = text[(r["variant"], r["example_id"])]
-        ids = probe_ids(tokenizer, prompt, r["completion"], r.get("completion_token_ids"), add_bos)
-        if 0 <= r["pred_pos"] < len(ids):
-            key = f"{r['variant']}/{r['example_id']}/{r['sample_id']}"  # stats.problem_of reads it
-            out.append(Event(key, tuple(ids), int(r["pred_pos"]), int(r["target"])))
-    return out
+    text = prompt_text(prompts)
+    found = (
+        _probe(r, text[(r["variant"], r["example_id"])], tokenizer, add_bos)
+        for r in rows.iter_rows(named=True)
+    )
+    return [ev for ev in found if ev is not None]
+
+
+def prompt_text(prompts: pl.DataFrame) -> dict[tuple[str, int], str]:
+    """(variant, example_id) -> the prompt text."""
+    return {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
+
+
+def _probe(row: Mapping[str, Any], prompt: str, tokenizer, add_bos: bool) -> Event | None:
+    """The probe of one event-sample row (``probes``), None when its position falls outside."""
+    ids = probe_ids(tokenizer, prompt, row["completion"], row.get("completion_token_ids"), add_bos)
+    if not 0 <= row["pred_pos"] < len(ids):
+        return None
+    key = f"{row['variant']}/{row['example_id']}/{row['sample_id']}"  # stats.problem_of reads it
+    return Event(key, tuple(ids), int(row["pred_pos"]), int(row["target"]))
 
 
 def kind_probes(
@@ -238,11 +250,19 @@ def resample_events(
 ) -> list[ResampleEvent]:
     """``probes`` of BT event-sample rows as ``onset_resample.ResampleEvent``s: the same ids and
     prediction position, the prompt's length (the completion starts there) and the problem's gold."""
-    text = {(r["variant"], r["example_id"]): r["prompt"] for r in prompts.iter_rows(named=True)}
+    text = prompt_text(prompts)
     out = []
-    for i, r in enumerate(rows.iter_rows(named=True)):
-        for ev in probes(rows.slice(i, 1), prompts, tokenizer, add_bos):  # none when out of range
-            n_prompt = len(encode_prompt(tokenizer, text[(r["variant"], r["example_id"])], add_bos))
-            gold = golds.get(r["example_id"])
-            out.append(ResampleEvent(ev.key, int(r["example_id"]), ev.ids, ev.pred_pos, n_prompt, gold))
+    for r in rows.iter_rows(named=True):
+        prompt = text[(r["variant"], r["example_id"])]
+        ev = _probe(r, prompt, tokenizer, add_bos)
+        if ev is None:  # out of range
+            continue
+        stored = r.get("completion_token_ids")  # the probe is prompt ids + these when stored
+        n_prompt = (
+            len(ev.ids) - len(stored)
+            if stored is not None
+            else len(encode_prompt(tokenizer, prompt, add_bos))
+        )
+        gold = golds.get(r["example_id"])
+        out.append(ResampleEvent(ev.key, int(r["example_id"]), ev.ids, ev.pred_pos, n_prompt, gold))
     return out
