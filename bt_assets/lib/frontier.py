@@ -27,7 +27,7 @@ from bt_assets.lib.stats import (
     accuracy_split_intervals,
     bootstrap_note,
 )
-from bt_assets.lib.sweep_stats import cell_stats, paired_change
+from bt_assets.lib.sweep_stats import cell_stats, paired_deltas
 
 MECHANISTIC = ("scale", "mean", "heads", "steer")
 
@@ -102,18 +102,8 @@ def paired_against(
     """``cell`` minus ``other`` on the same (problem, sample) pairs: BT and accuracy changes with 95%
     bootstrap-over-problems intervals, and the pairs (and their problems) where either side backtracks."""
     bt, ok = bt_column(detection_mode), correct_column(grading_mode)
-    a = events.filter(pl.col("condition") == cell).select("example_id", "sample_id", bt, ok)
-    b = events.filter(pl.col("condition") == other).select("example_id", "sample_id", bt, ok)
-    pairs = a.join(b, on=["example_id", "sample_id"], suffix="_o")
-    prob = pairs["example_id"].to_numpy()
-    out: dict = {"n_pairs": pairs.height}
-    for name, col in (("bt", bt), ("acc", ok)):
-        d = pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_o"].fill_null(False).cast(pl.Int8)
-        mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed, N_BOOT)
-        out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = mean, lo, hi
-    either = pairs.filter(pl.col(bt).fill_null(False) | pl.col(f"{bt}_o").fill_null(False))
-    out["bt_pairs"], out["bt_pair_problems"] = either.height, either["example_id"].n_unique()
-    return out
+    a, b = (events.filter(pl.col("condition") == c) for c in (cell, other))
+    return paired_deltas(a, b, bt, ok, seed)
 
 
 def versus_ban(

@@ -57,15 +57,26 @@ def cell_stats(
     a 95% bootstrap over problems; ``n_pairs``, and ``bt_pairs`` / ``bt_pair_problems``: pairs where
     either side backtracks, and their problems. Every interval: ``n_boot`` replicates with ``seed``."""
     out: dict = {**rate_row(rows, bt, ok, seed=seed, n_boot=n_boot), **truncation_row(rows, ok)}
-    pairs = rows.join(base, on=["example_id", "sample_id"], suffix="_base")
+    return {**out, **paired_deltas(rows, base, bt, ok, seed, n_boot)}
+
+
+def paired_deltas(
+    a: pl.DataFrame, b: pl.DataFrame, bt: str, ok: str, seed: int, n_boot: int = N_BOOT
+) -> dict:
+    """``a`` minus ``b`` on the same (problem, sample) pairs: ``delta_bt`` / ``delta_acc`` = mean per-pair
+    difference of the 0/1 columns ``bt`` / ``ok`` with ``_lo/_hi`` from a 95% bootstrap over problems;
+    ``n_pairs``; and the BT evidence behind the change, ``bt_pairs`` / ``bt_pair_problems``: the pairs
+    where either side backtracks, and their problems."""
+    keys = ["example_id", "sample_id"]
+    pairs = a.select(*keys, bt, ok).join(b.select(*keys, bt, ok), on=keys, suffix="_b")
     prob = pairs["example_id"].to_numpy()
+    out: dict = {}
     for name, col in (("bt", bt), ("acc", ok)):
-        d = pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_base"].fill_null(False).cast(pl.Int8)
+        d = pairs[col].fill_null(False).cast(pl.Int8) - pairs[f"{col}_b"].fill_null(False).cast(pl.Int8)
         mean, lo, hi = paired_change(prob, d.to_numpy().astype(float), seed, n_boot)
         out[f"delta_{name}"], out[f"delta_{name}_lo"], out[f"delta_{name}_hi"] = mean, lo, hi
     out["n_pairs"] = pairs.height
-    # the BT evidence behind the paired change: pairs where either side backtracks, and their problems
-    either = pairs.filter(pl.col(bt).fill_null(False) | pl.col(f"{bt}_base").fill_null(False))
+    either = pairs.filter(pl.col(bt).fill_null(False) | pl.col(f"{bt}_b").fill_null(False))
     out["bt_pairs"], out["bt_pair_problems"] = either.height, either["example_id"].n_unique()
     return out
 
